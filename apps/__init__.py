@@ -1,0 +1,1 @@
+"""visblind apps package."""

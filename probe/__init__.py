@@ -1,0 +1,1 @@
+"""visblind probe: capture, stores, analyses and reports."""

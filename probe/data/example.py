@@ -1,0 +1,28 @@
+"""One visual-QA example as it reaches an adapter and a store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Example:
+    """An (image, prompt, optional answer) triple with its labels.
+
+    `image` is a path (loaded lazily by `load_image`) or an already-open PIL image;
+    `condition` names the image condition (real, blank, mismatched, ...).
+    """
+
+    id: str
+    image: str | Path | Image.Image | None
+    prompt: str
+    answer: str | None = None
+    lang: str = "en"
+    condition: str = "real"
+    question_type: str = "unknown"
+    image_dependent: bool | None = None
+    labels: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,125 @@
+"""ModelAdapter: everything architecture-specific about a multimodal model, in one place."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from probe.data.example import Example
+
+
+@dataclass
+class ModelInputs:
+    """A batch ready for `model(**inputs)`, with the role of every position.
+
+    inputs: keyword arguments of the model's forward (input_ids, attention_mask, pixel_values, ...)
+    segments: [batch, seq] int64 `Segment` codes, aligned with input_ids (PAD where attention_mask is 0)
+    labels: [batch, seq] int64, -100 everywhere but ANSWER positions (None when no answer was given)
+    example_ids: the `Example.id` of each row
+    """
+
+    inputs: dict[str, Any]
+    segments: torch.Tensor
+    labels: torch.Tensor | None
+    example_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "ModelInputs":
+        """Move every tensor to `device`."""
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
+        labels = self.labels.to(device) if self.labels is not None else None
+        return ModelInputs(moved, self.segments.to(device), labels, list(self.example_ids))
+
+
+class ModelAdapter(ABC):
+    """Knows where a family's vision tower, projector and decoder are, and how to feed it.
+
+    Subclasses declare `name`, `model_types` (the `config.model_type` values they serve) and
+    `sites`: canonical site name -> module path (with `{i}` for the decoder layer index),
+    e.g. {"vision.out": "model.vision_tower", "projector.out": "model.multi_modal_projector",
+          "lm.layer.{i}.resid": "model.language_model.layers.{i}",
+          "lm.layer.{i}.attn": "model.language_model.layers.{i}.self_attn"}.
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    sites: ClassVar[dict[str, str]]
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+
+    # --- structure -------------------------------------------------------------------
+    def module(self, site: str, i: int | None = None) -> nn.Module:
+        """The module at canonical `site` (layer index `i` for per-layer sites)."""
+        path = self.sites[site].format(i=i)
+        return self.model.get_submodule(path)
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.module("vision.out")
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.module("projector.out")
+
+    @property
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LLM decoder's layers, in order."""
+
+    @property
+    def attention_modules(self) -> list[nn.Module]:
+        """The self-attention module of every decoder layer, in order."""
+        return [self.module("lm.layer.{i}.attn", i) for i in range(len(self.decoder_layers))]
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return self.text_config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.text_config, "num_key_value_heads", None) or self.num_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    # --- inputs ----------------------------------------------------------------------
+    @abstractmethod
+    def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
+        """Tokenise (image, prompt, optional answer) for a batch, through the family's processor.
+
+        Inserts the image placeholder itself when the prompt has none; raises `BadExampleError`
+        naming the example when an image is missing/corrupt or the image-token count is wrong.
+        """
+
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        """Whether this adapter serves a model with this config."""
+        return getattr(config, "model_type", None) in cls.model_types
+
+
+class BadExampleError(ValueError):
+    """One example cannot be fed to the model; the message names it and says why in one line."""
+
+    def __init__(self, example_id: str, reason: str) -> None:
+        super().__init__(f"example {example_id!r}: {reason}")
+        self.example_id = example_id
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""visblind train package."""
