@@ -1,0 +1,92 @@
+"""Open the inputs of an analysis: an xr.Dataset, a TraceStore or a path to one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from probe.segments import Segment
+
+
+def as_dataset(obj: Any) -> xr.Dataset:
+    """A lazy xr.Dataset from a Dataset, an object with `.dataset`, or a zarr store path."""
+    if isinstance(obj, xr.Dataset):
+        return obj
+    if hasattr(obj, "dataset"):
+        return obj.dataset
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.exists():
+            raise FileNotFoundError(f"store not found: {path}")
+        try:
+            from probe.store import NotAStoreError, TraceStore
+        except ImportError:
+            return xr.open_zarr(path, consolidated=False)
+        try:
+            return TraceStore.open(path).dataset
+        except NotAStoreError:
+            # A plain xarray zarr group following docs/store-schema.md (e.g. written by hand).
+            return xr.open_zarr(path, consolidated=False)
+    raise TypeError(f"expected an xr.Dataset, a TraceStore or a path, got {type(obj).__name__}")
+
+
+def open_eval(obj: Any) -> xr.Dataset | None:
+    """The behavioural `eval` group stored inside a store path (or TraceStore), or None."""
+    if hasattr(obj, "path") and not isinstance(obj, (str, Path)):
+        obj = obj.path
+    if isinstance(obj, (str, Path)) and (Path(obj) / "eval").exists():
+        return xr.open_zarr(Path(obj), group="eval", consolidated=False)
+    if isinstance(obj, xr.Dataset) and isinstance(obj.attrs.get("eval"), xr.Dataset):
+        return obj.attrs["eval"]
+    return None
+
+
+def require(ds: xr.Dataset, *names: str, where: str) -> None:
+    """Raise KeyError naming the missing variables an analysis needs."""
+    missing = [n for n in names if n not in ds.variables]
+    if missing:
+        raise KeyError(f"{where}: store lacks variable(s) {missing}")
+
+
+def has(ds: xr.Dataset, *names: str) -> bool:
+    """Whether the dataset holds every named variable."""
+    return all(n in ds.variables for n in names)
+
+
+def example_chunks(ds: xr.Dataset) -> list[slice]:
+    """Slices along `example` following the dataset's dask chunks (or one slice if eager)."""
+    n = ds.sizes["example"]
+    sizes: tuple[int, ...] | None = None
+    for var in ds.data_vars.values():
+        if "example" in var.dims and var.chunks is not None:
+            sizes = var.chunks[var.dims.index("example")]
+            break
+    if sizes is None:
+        return [slice(0, n)]
+    out, start = [], 0
+    for s in sizes:
+        out.append(slice(start, start + s))
+        start += s
+    return out
+
+
+def segment_code(name: str | int | Segment) -> int:
+    """Integer Segment code from a name like 'visual' or a Segment."""
+    if isinstance(name, str):
+        return int(Segment[name.upper()])
+    return int(name)
+
+
+def lang_of(ds: xr.Dataset) -> np.ndarray:
+    """The `lang` coordinate as strings, or 'all' when absent."""
+    if "lang" in ds.coords:
+        return to_str(ds["lang"].values)
+    return np.full(ds.sizes["example"], "all")
+
+
+def to_str(values: Any) -> np.ndarray:
+    """Plain unicode array from any string-like array (incl. numpy StringDType, as the TraceStore writes)."""
+    return np.array([str(v) for v in np.asarray(values).ravel()], dtype=str).reshape(np.shape(values))

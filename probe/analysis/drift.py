@@ -1,0 +1,105 @@
+"""Projector drift: how far fine-tuning moved the visual tokens that enter the decoder."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import xarray as xr
+
+from probe.analysis._io import as_dataset, example_chunks, require, to_str
+from probe.analysis.cka import linear_cka
+from probe.analysis.stats import rbf_mmd2
+
+
+def _valid_tokens(x: np.ndarray, n: int) -> np.ndarray:
+    """First n rows of x [vtoken, feature], float64."""
+    return np.asarray(x[:n], dtype=np.float64)
+
+
+def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int = 2000, seed: int = 0) -> xr.Dataset:
+    """Per-example mean cosine and linear CKA of base vs fine-tuned projector_out (shared example ids), and MMD².
+
+    Variables: cosine [example], cka [example], and scalar mmd2 (unbiased RBF, median heuristic,
+    tokens subsampled to max_tokens_mmd per side).
+    """
+    before, after = as_dataset(before), as_dataset(after)
+    for ds, name in ((before, "before"), (after, "after")):
+        require(ds, "projector_out", where=f"projector_drift ({name})")
+    shared = np.intersect1d(to_str(before["example"].values), to_str(after["example"].values))
+    if len(shared) == 0:
+        raise ValueError("projector_drift: the stores share no example id")
+    pb, pa = before["projector_out"].sel(example=shared), after["projector_out"].sel(example=shared)
+    nb = before["n_vtoken"].sel(example=shared).values if "n_vtoken" in before else None
+    cos, cka = np.full(len(shared), np.nan), np.full(len(shared), np.nan)
+    rng = np.random.default_rng(seed)
+    per = max(1, max_tokens_mmd // max(1, len(example_chunks(before.sel(example=shared)))))
+    bag_b, bag_a = [], []
+    for sl in example_chunks(before.sel(example=shared)):
+        xb, xa = pb.isel(example=sl).values, pa.isel(example=sl).values
+        for j, i in enumerate(range(sl.start, sl.stop)):
+            n = int(nb[i]) if nb is not None else int(np.isfinite(xb[j]).all(1).sum())
+            b, a = _valid_tokens(xb[j], n), _valid_tokens(xa[j], n)
+            num = (b * a).sum(1)
+            den = np.linalg.norm(b, axis=1) * np.linalg.norm(a, axis=1)
+            cos[i] = float(np.mean(num / np.maximum(den, 1e-12)))
+            if n >= 2:
+                cka[i] = linear_cka(b, a)
+        flat_b = xb.reshape(-1, xb.shape[-1])
+        flat_a = xa.reshape(-1, xa.shape[-1])
+        ok = np.flatnonzero(np.isfinite(flat_b).all(1) & np.isfinite(flat_a).all(1))
+        pick = rng.choice(ok, min(per, len(ok)), replace=False)
+        bag_b.append(flat_b[pick])
+        bag_a.append(flat_a[pick])
+    mmd = rbf_mmd2(np.concatenate(bag_b), np.concatenate(bag_a))
+    return xr.Dataset(
+        {"cosine": ("example", cos), "cka": ("example", cka), "mmd2": mmd},
+        coords={"example": shared},
+    )
+
+
+def script_of(token: str) -> str:
+    """'hangul', 'latin' or 'other' by the first letter of a decoded vocabulary string (Ġ/▁ markers skipped)."""
+    for ch in token.lstrip("Ġ▁"):
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            if name.startswith("HANGUL"):
+                return "hangul"
+            if name.startswith("LATIN"):
+                return "latin"
+            return "other"
+    return "other"
+
+
+def vocab_neighbours(tokens: np.ndarray, embeddings: np.ndarray, vocab: list[str], k: int = 5, batch: int = 4096) -> xr.Dataset:
+    """Nearest vocabulary embeddings (cosine) of projected tokens [n, d] among embeddings [V, d].
+
+    `vocab` holds decoded token strings (tokenizer.decode([i])), not byte-level BPE symbols.
+    Returns neighbour ids and similarities [token, rank], and the share of neighbours whose
+    vocabulary string is Hangul, Latin or other (`script_share` [script]). Pure on arrays.
+    """
+    tokens = np.asarray(tokens, dtype=np.float64)
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.shape[0] != len(vocab):
+        raise ValueError(f"vocab_neighbours: {emb.shape[0]} embeddings but {len(vocab)} vocabulary strings")
+    if tokens.shape[1] != emb.shape[1]:
+        raise ValueError(f"vocab_neighbours: token dim {tokens.shape[1]} != embedding dim {emb.shape[1]}")
+    k = min(k, len(vocab))
+    en = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    ids = np.empty((len(tokens), k), dtype=np.int64)
+    sims = np.empty((len(tokens), k))
+    for s in range(0, len(tokens), batch):
+        t = tokens[s : s + batch]
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        sim = t @ en.T
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, top, 1), axis=1, kind="stable")
+        ids[s : s + batch] = np.take_along_axis(top, order, 1)
+        sims[s : s + batch] = np.take_along_axis(sim, ids[s : s + batch], 1)
+    scripts = np.array([script_of(vocab[i]) for i in ids.ravel()])
+    names = ["hangul", "latin", "other"]
+    share = [float(np.mean(scripts == n)) if len(scripts) else float("nan") for n in names]
+    return xr.Dataset(
+        {"neighbour": (("token", "rank"), ids), "similarity": (("token", "rank"), sims), "script_share": ("script", share)},
+        coords={"script": names},
+    )

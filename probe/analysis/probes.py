@@ -1,0 +1,95 @@
+"""Linear probes: is the label still decodable from the residual stream (gone vs unused)?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from probe.analysis._io import as_dataset, to_str
+
+SITES = ("visual_pooled", "last_prompt")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Cross-validation settings of the linear probes."""
+
+    cv: int = 5
+    c: float = 1.0
+    seed: int = 0
+    max_examples: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.cv < 2 or self.c <= 0 or self.max_examples < 4:
+            raise ValueError(f"need cv >= 2, c > 0, max_examples >= 4; got {self}")
+
+
+def label_names(ds: xr.Dataset) -> list[str]:
+    """Names of the label_* coordinates (without the prefix)."""
+    return sorted(str(c)[len("label_") :] for c in ds.coords if str(c).startswith("label_"))
+
+
+def _site_array(ds: xr.Dataset, site: str) -> xr.DataArray | None:
+    if site == "visual_pooled" and "hook_resid_post_pooled" in ds:
+        return ds["hook_resid_post_pooled"].sel(segment="visual", drop=True)
+    if site == "last_prompt" and "hook_resid_post" in ds:
+        return ds["hook_resid_post"].sel(query="last_prompt", drop=True)
+    return None
+
+
+def probe_accuracy(x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConfig()) -> tuple[float, float]:
+    """(CV accuracy of a standardised logistic regression, majority-class chance) for X [n, d], labels y."""
+    ok = np.isfinite(x).all(1) & (y != "")
+    x, y = x[ok], y[ok]
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        return float("nan"), float("nan")
+    chance = float(counts.max() / counts.sum())
+    folds = int(min(config.cv, counts.min()))
+    if folds < 2:
+        return float("nan"), chance
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=config.c, max_iter=2000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
+    return float(np.mean(cross_val_score(clf, x.astype(np.float64), y, cv=cv))), chance
+
+
+def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
+    """CV accuracy and chance per (layer, site, label); sites visual_pooled and last_prompt (those present)."""
+    ds = as_dataset(ds)
+    labels = label_names(ds) if labels is None else labels
+    sites = [s for s in SITES if _site_array(ds, s) is not None]
+    if not labels or not sites:
+        raise KeyError("linear_probes: store has no label_* coordinate or no residual variable")
+    n = ds.sizes["example"]
+    idx = np.arange(n)
+    if n > config.max_examples:
+        idx = np.sort(np.random.default_rng(config.seed).choice(n, config.max_examples, replace=False))
+    layers = _site_array(ds, sites[0])["layer"].values
+    acc = np.full((len(layers), len(sites), len(labels)), np.nan)
+    chance = np.full_like(acc, np.nan)
+    for si, site in enumerate(sites):
+        arr = _site_array(ds, site).isel(example=idx).transpose("example", "layer", "feature")
+        for li, layer in enumerate(layers):
+            if layer not in arr["layer"].values:
+                continue
+            x = arr.sel(layer=layer).values  # one layer at a time: [n, feature]
+            for bi, lab in enumerate(labels):
+                y = to_str(ds[f"label_{lab}"].values[idx])
+                acc[li, si, bi], chance[li, si, bi] = probe_accuracy(x, y, config)
+    return xr.Dataset(
+        {"accuracy": (("layer", "site", "label"), acc), "chance": (("layer", "site", "label"), chance)},
+        coords={"layer": layers, "site": sites, "label": labels},
+        attrs={"cv": config.cv, "seed": config.seed},
+    )
+
+
+def compare_probes(before: xr.Dataset, after: xr.Dataset, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
+    """linear_probes of both stores on a `store` dim (before, after)."""
+    b, a = linear_probes(before, config=config), linear_probes(after, config=config)
+    return xr.concat([b, a], dim="store", join="inner").assign_coords(store=["before", "after"])

@@ -1,0 +1,224 @@
+"""TraceStore: a committed, lazily opened (dask) view of a store on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore, WrapperStore
+
+from probe.capture.spec import CaptureSpec
+from probe.store.schema import (
+    COMMITTED_ATTR,
+    LAYOUT_ATTR,
+    MARKER_ATTR,
+    SKIPPED_ATTR,
+    IncomparableStoresError,
+    Layout,
+    NotAStoreError,
+    first_difference,
+)
+
+
+class _CommittedView(WrapperStore[LocalStore]):
+    """Read-only view that shows every `example`-first array cut to the committed example count.
+
+    A writer killed mid-append leaves arrays longer than the commit record (and of unequal
+    lengths); readers must see exactly the committed examples, so array metadata is patched.
+    """
+
+    def __init__(self, store: LocalStore, n_committed: int) -> None:
+        super().__init__(store)
+        self._n = n_committed
+
+    def _with_store(self, store: LocalStore) -> "_CommittedView":
+        return type(self)(store, self._n)
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        buf = await self._store.get(key, prototype, byte_range)
+        if buf is None or byte_range is not None or not key.endswith("zarr.json") or key == "zarr.json":
+            return buf
+        meta = json.loads(buf.to_bytes())
+        dims = meta.get("dimension_names") or ()
+        if meta.get("node_type") == "array" and dims and dims[0] == "example" and meta["shape"][0] != self._n:
+            meta["shape"][0] = min(meta["shape"][0], self._n)
+            return prototype.buffer.from_bytes(json.dumps(meta).encode())
+        return buf
+
+
+def read_group_attrs(path: Path) -> dict[str, Any]:
+    """The group attributes of the store at ``path``; NotAStoreError if it is not a TraceStore."""
+    meta_file = path / "zarr.json"
+    if not meta_file.is_file():
+        why = "does not exist" if not path.exists() else "is not a zarr v3 group (no zarr.json)"
+        raise NotAStoreError(f"not a TraceStore: {path} {why}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise NotAStoreError(f"not a TraceStore: {path}/zarr.json is unreadable ({err})") from None
+    attrs = meta.get("attributes") or {}
+    if meta.get("node_type") != "group" or MARKER_ATTR not in attrs or LAYOUT_ATTR not in attrs:
+        raise NotAStoreError(f"not a TraceStore: {path} is a zarr node without the {MARKER_ATTR!r} marker")
+    return attrs
+
+
+class TraceStore:
+    """A TraceStore on disk: committed examples only, opened lazily with dask, chunked along `example`."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any]) -> None:
+        self.path = path
+        self._attrs = attrs
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a TraceStore (possibly interrupted, still resumable)."""
+        try:
+            read_group_attrs(Path(path))
+        except NotAStoreError:
+            return False
+        return True
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TraceStore":
+        """Open lazily; NotAStoreError (one line) if ``path`` is not a TraceStore."""
+        path = Path(path)
+        return cls(path, read_group_attrs(path))
+
+    @property
+    def n_examples(self) -> int:
+        """Number of committed examples."""
+        return int(self._attrs[COMMITTED_ATTR])
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout.from_json(self._attrs[LAYOUT_ATTR])
+
+    @cached_property
+    def dataset(self) -> xr.Dataset:
+        """The committed examples as a lazy, dask-backed Dataset (dask chunks = zarr chunks)."""
+        view = _CommittedView(LocalStore(self.path, read_only=True), self.n_examples)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            ds = xr.open_zarr(view, consolidated=False, chunks={}, zarr_format=3)
+        # Per-example labels are small and used for grouping/selection: hold them in memory.
+        labels = [c for c in ds.coords if c not in ds.dims and ds[c].dims == ("example",)]
+        return ds.assign_coords({c: ds[c].compute() for c in labels})
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Provenance attrs: model_id, weights_hash, adapter, capture_spec (JSON), versions, created, skipped ..."""
+        return {k: v for k, v in self._attrs.items() if k not in (LAYOUT_ATTR, COMMITTED_ATTR)}
+
+    @property
+    def example_ids(self) -> list[str]:
+        return [str(v) for v in self.dataset["example"].values]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Examples left out, as ``{"example": id, "reason": ...}``."""
+        return json.loads(self._attrs.get(SKIPPED_ATTR, "[]"))
+
+    @property
+    def capture_spec(self) -> CaptureSpec:
+        if "capture_spec" not in self._attrs:
+            raise KeyError(f"store {self.path} has no capture_spec attr")
+        return CaptureSpec.from_json(self._attrs["capture_spec"])
+
+    def check_comparable(self, other: "TraceStore") -> None:
+        """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up."""
+        a, b = self.layout, other.layout
+        where = f"stores {self.path} and {other.path}"
+        if "capture_spec" in self._attrs or "capture_spec" in other._attrs:
+            sa = json.loads(self._attrs.get("capture_spec", "{}"))
+            sb = json.loads(other._attrs.get("capture_spec", "{}"))
+            diff = first_difference(_comparable_spec(sa), _comparable_spec(sb))
+            if diff:
+                raise IncomparableStoresError(f"{where} differ in capture spec {diff}")
+        only = sorted(set(a.variables) ^ set(b.variables))
+        if only:
+            raise IncomparableStoresError(f"{where} hold different variables: {only} in one only")
+        for name in sorted(a.variables):
+            va, vb = a.variables[name], b.variables[name]
+            if va.dims != vb.dims:
+                raise IncomparableStoresError(f"{where}: variable {name!r} has dims {va.dims} vs {vb.dims}")
+        for dim in sorted({d for v in a.variables.values() for d in v.dims[1:]}):
+            diff = _dim_difference(dim, a, b)
+            if diff:
+                raise IncomparableStoresError(f"{where}: dim {dim!r} {diff}")
+
+    def summary(self) -> str:
+        """Human-readable schema, per-variable size on disk and provenance (for `probe info`)."""
+        lay = self.layout
+        lines = [f"TraceStore {self.path}", f"  examples: {self.n_examples} committed, {len(self.skipped)} skipped"]
+        dims = {d: lay.dim_size(d) for v in lay.variables.values() for d in v.dims[1:]}
+        lines.append("  dims: " + ", ".join([f"example={self.n_examples}"] + [f"{d}={n}" for d, n in dims.items()]))
+        lines.append("  variables:")
+        total = 0
+        for name, var in sorted(lay.variables.items()):
+            size = _disk_bytes(self.path / name)
+            total += size
+            site = f"  [{var.attrs['tl_site']}]" if "tl_site" in var.attrs else ""
+            lines.append(f"    {name:<26} {var.dtype:<8} ({', '.join(var.dims)})  {_human(size)}{site}")
+        lines.append(f"  on disk: {_human(_disk_bytes(self.path))} (variables {_human(total)})")
+        lines.append("  example coords: " + (", ".join(lay.example_coords) or "-"))
+        lines.append("  provenance:")
+        for key, value in sorted(self.attrs.items()):
+            if key in (SKIPPED_ATTR, MARKER_ATTR):
+                continue
+            text = str(value)
+            lines.append(f"    {key}: {text if len(text) <= 200 else text[:197] + '...'}")
+        for item in self.skipped[:10]:
+            lines.append(f"    skipped {item['example']}: {item['reason']}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"TraceStore({str(self.path)!r}, examples={self.n_examples})"
+
+
+def open_store(path: str | os.PathLike) -> TraceStore:
+    """Open the TraceStore at ``path`` lazily."""
+    return TraceStore.open(path)
+
+
+# Capture-spec fields that change how a pass runs but not what is stored.
+_RUNTIME_SPEC_FIELDS = ("batch_size", "padding_side", "blockwise_above", "block_size")
+
+
+def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in _RUNTIME_SPEC_FIELDS}
+
+
+def _dim_difference(dim: str, a: Layout, b: Layout) -> str | None:
+    if dim == "position" or dim.startswith(("vtoken", "vpatch")):
+        return None  # sequence lengths follow the data, not the model: compared by position, not size
+    if dim in a.coords or dim in b.coords:
+        ca, cb = a.coords.get(dim), b.coords.get(dim)
+        return None if ca == cb else f"coords differ: {_brief(ca)} vs {_brief(cb)}"
+    na, nb = a.sizes.get(dim), b.sizes.get(dim)
+    return None if na == nb else f"sizes differ: {na} vs {nb}"
+
+
+def _brief(values: list | None) -> str:
+    if values is None:
+        return "none"
+    return str(values) if len(values) <= 8 else f"[{values[0]} ... {values[-1]}] ({len(values)})"
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
