@@ -25,6 +25,7 @@ def capture_cmd(
     spec: Optional[Path] = typer.Option(None, "--spec", help="CaptureSpec as JSON"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder applied to the model"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip bad examples (recorded in the store) instead of stopping"),
+    chunk: int = typer.Option(64, "--chunk", help="examples per zarr chunk (and per crash-safe commit)"),
 ) -> None:
     """Record attention statistics, keys, residuals and projector outputs into a TraceStore."""
     from probe.capture import CaptureSpec, capture
@@ -32,7 +33,7 @@ def capture_cmd(
 
     try:
         store = capture(model, manifest, out, CaptureSpec.from_file(spec) if spec else None,
-                        lora_adapter=adapter, skip_bad=skip_bad)
+                        lora_adapter=adapter, skip_bad=skip_bad, examples_per_chunk=chunk)
     except (BadExampleError, ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(f"wrote {len(store.example_ids)} examples to {out}" + (f" ({len(store.skipped)} skipped)" if store.skipped else ""))
@@ -47,3 +48,7 @@ def info_cmd(store: Path = typer.Argument(..., help="TraceStore folder")) -> Non
         typer.echo(TraceStore.open(store).summary())
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
+
+
+if __name__ == "__main__":
+    app()

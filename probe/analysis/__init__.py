@@ -2,6 +2,7 @@
 
 from probe.analysis.attention import attention_collapse, share_change, top_changed_heads, visual_share
 from probe.analysis.cka import (
+    CKAMemoryError,
     StreamingLinearCKA,
     cka_matrix,
     hsic_biased,
@@ -21,7 +22,7 @@ from probe.analysis.sinks import find_sink_dims, sink_collapse, sink_mask, sink_
 from probe.analysis.stats import BootstrapConfig, bootstrap_mean_ci, bootstrap_relative_change, rbf_mmd2
 
 __all__ = [
-    "AnalysisConfig", "BootstrapConfig", "KeyspaceConfig", "ProbeConfig", "Skipped", "StreamingLinearCKA",
+    "AnalysisConfig", "BootstrapConfig", "CKAMemoryError", "KeyspaceConfig", "ProbeConfig", "Skipped", "StreamingLinearCKA",
     "analyze", "attention_collapse", "bootstrap_mean_ci", "bootstrap_relative_change", "cka_matrix",
     "compare_keyspace", "compare_probes", "compare_stores", "find_sink_dims", "frechet_distance", "hsic_biased",
     "hsic_unbiased", "keyspace_ood", "linear_cka", "linear_probes", "minibatch_cka", "modality_integration_rate",

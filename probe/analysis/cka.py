@@ -191,10 +191,19 @@ def _site(ds: xr.Dataset, site: str) -> xr.DataArray:
     raise ValueError(f"site must be last_prompt, visual, text or answer, got {site!r}")
 
 
-def cka_matrix(a: xr.Dataset, b: xr.Dataset | None = None, site: str = "last_prompt", unbiased: bool = False) -> xr.DataArray:
+class CKAMemoryError(ValueError):
+    """The layer × layer accumulators would exceed the memory budget."""
+
+
+def cka_matrix(
+    a: xr.Dataset, b: xr.Dataset | None = None, site: str = "last_prompt", unbiased: bool = False,
+    layers_a: list[int] | None = None, layers_b: list[int] | None = None, max_bytes: float = 2e9,
+) -> xr.DataArray:
     """Linear CKA layer × layer between stores a and b (or a with itself) at `site`, streamed by example chunks.
 
-    Examples are matched on shared ids; rows with NaN in either store are dropped.
+    Examples are matched on shared ids; rows with NaN in either store are dropped. Memory is
+    O(|layers_a|·|layers_b|·(p·q + p² + q²)) float64 accumulators, never n × n; above
+    `max_bytes` it raises CKAMemoryError (pick fewer layers).
     """
     a = as_dataset(a)
     b = a if b is None else as_dataset(b)
@@ -203,7 +212,15 @@ def cka_matrix(a: xr.Dataset, b: xr.Dataset | None = None, site: str = "last_pro
     if len(shared) < 4:
         raise ValueError(f"cka_matrix: the stores share only {len(shared)} example ids (need >= 4)")
     xa, xb = xa.sel(example=shared), xb.sel(example=shared)
+    if layers_a is not None:
+        xa = xa.sel(layer=list(layers_a))
+    if layers_b is not None:
+        xb = xb.sel(layer=list(layers_b))
     la, lb = xa["layer"].values, xb["layer"].values
+    need = 8.0 * len(la) * len(lb) * (xa.sizes["feature"] * xb.sizes["feature"] + xa.sizes["feature"] ** 2 + xb.sizes["feature"] ** 2)
+    if need > max_bytes:
+        raise CKAMemoryError(f"cka_matrix: {len(la)}×{len(lb)} layers at d={xa.sizes['feature']} need {need / 1e9:.1f} GB "
+                             f"of accumulators (> {max_bytes / 1e9:.1f} GB); pass layers_a / layers_b")
     chunks = example_chunks(a.sel(example=shared))
     ok = (~xa.isnull().any(("layer", "feature")) & ~xb.isnull().any(("layer", "feature"))).values
     pa, pb = xa.sizes["feature"], xb.sizes["feature"]

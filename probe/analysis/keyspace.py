@@ -25,7 +25,7 @@ from probe.analysis._io import as_dataset, example_chunks, lang_of, require
 from probe.analysis.stats import rbf_mmd2
 from probe.segments import Segment
 
-SCORES = ("mahalanobis", "mahalanobis_text", "knn", "knn_text", "mmd2", "auc", "n_visual", "n_text")
+SCORES = ("mahalanobis", "mahalanobis_text", "knn", "knn_text", "mmd2", "auc", "auc_sd", "n_visual", "n_text")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def ood_scores(visual: np.ndarray, text: np.ndarray, config: KeyspaceConfig = Ke
         y = np.r_[np.ones(len(visual)), np.zeros(len(text))]
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         cv = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
-        res["auc"] = float(np.mean(cross_val_score(clf, x, y, cv=cv, scoring="roc_auc")))
+        aucs = cross_val_score(clf, x, y, cv=cv, scoring="roc_auc")
+        res["auc"], res["auc_sd"] = float(np.mean(aucs)), float(np.std(aucs))
     return res
 
 

@@ -11,7 +11,7 @@ import xarray as xr
 
 from probe.analysis._io import as_dataset, has, open_eval
 from probe.analysis.attention import attention_collapse, share_change, top_changed_heads
-from probe.analysis.cka import cka_matrix, pooled_cka
+from probe.analysis.cka import CKAMemoryError, cka_matrix, pooled_cka
 from probe.analysis.drift import projector_drift
 from probe.analysis.keyspace import KeyspaceConfig, compare_keyspace, keyspace_ood
 from probe.analysis.mir import modality_integration_rate
@@ -44,7 +44,10 @@ def _run(name: str, needs: list[str], stores: list[xr.Dataset], fn: Callable[[],
         missing = [n for n in needs if not has(ds, n)]
         if missing:
             return Skipped(f"{name}: skipped, store lacks {', '.join(missing)}")
-    return fn()
+    try:
+        return fn()
+    except CKAMemoryError as err:
+        return Skipped(f"{name}: skipped, {err}")
 
 
 def _visual_share_mean(ds: xr.Dataset, config: BootstrapConfig) -> xr.Dataset:

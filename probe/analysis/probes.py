@@ -43,24 +43,25 @@ def _site_array(ds: xr.Dataset, site: str) -> xr.DataArray | None:
     return None
 
 
-def probe_accuracy(x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConfig()) -> tuple[float, float]:
-    """(CV accuracy of a standardised logistic regression, majority-class chance) for X [n, d], labels y."""
+def probe_accuracy(x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConfig()) -> tuple[float, float, float]:
+    """(CV accuracy of a standardised logistic regression, majority-class chance, SD over folds) for X [n, d], labels y."""
     ok = np.isfinite(x).all(1) & (y != "")
     x, y = x[ok], y[ok]
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     chance = float(counts.max() / counts.sum())
     folds = int(min(config.cv, counts.min()))
     if folds < 2:
-        return float("nan"), chance
+        return float("nan"), chance, float("nan")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=config.c, max_iter=2000))
     cv = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
-    return float(np.mean(cross_val_score(clf, x.astype(np.float64), y, cv=cv))), chance
+    scores = cross_val_score(clf, x.astype(np.float64), y, cv=cv)
+    return float(np.mean(scores)), chance, float(np.std(scores))
 
 
 def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
-    """CV accuracy and chance per (layer, site, label); sites visual_pooled and last_prompt (those present)."""
+    """CV accuracy (and its SD over folds) and chance per (layer, site, label); sites visual_pooled and last_prompt."""
     ds = as_dataset(ds)
     labels = label_names(ds) if labels is None else labels
     sites = [s for s in SITES if _site_array(ds, s) is not None]
@@ -72,7 +73,7 @@ def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: Probe
         idx = np.sort(np.random.default_rng(config.seed).choice(n, config.max_examples, replace=False))
     layers = _site_array(ds, sites[0])["layer"].values
     acc = np.full((len(layers), len(sites), len(labels)), np.nan)
-    chance = np.full_like(acc, np.nan)
+    chance, sd = np.full_like(acc, np.nan), np.full_like(acc, np.nan)
     for si, site in enumerate(sites):
         arr = _site_array(ds, site).isel(example=idx).transpose("example", "layer", "feature")
         for li, layer in enumerate(layers):
@@ -81,9 +82,10 @@ def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: Probe
             x = arr.sel(layer=layer).values  # one layer at a time: [n, feature]
             for bi, lab in enumerate(labels):
                 y = to_str(ds[f"label_{lab}"].values[idx])
-                acc[li, si, bi], chance[li, si, bi] = probe_accuracy(x, y, config)
+                acc[li, si, bi], chance[li, si, bi], sd[li, si, bi] = probe_accuracy(x, y, config)
     return xr.Dataset(
-        {"accuracy": (("layer", "site", "label"), acc), "chance": (("layer", "site", "label"), chance)},
+        {"accuracy": (("layer", "site", "label"), acc), "chance": (("layer", "site", "label"), chance),
+         "accuracy_sd": (("layer", "site", "label"), sd)},
         coords={"layer": layers, "site": sites, "label": labels},
         attrs={"cv": config.cv, "seed": config.seed},
     )

@@ -26,12 +26,14 @@ def query_positions(segments: torch.Tensor, max_answer_tokens: int) -> torch.Ten
 
 
 def pool_segments(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` over the positions of each segment; NaN for an empty segment.
+    """Mean of `hidden` over the positions of each segment; NaN for an empty segment and for PAD
+    (padding depends on batch composition, so it is never summarised).
 
     hidden: [batch, seq, d], segments: [batch, seq] -> [batch, n_segments, d] float32.
     """
     onehot = torch.nn.functional.one_hot(segments.long(), N_SEGMENTS).to(torch.float32)  # [b, T, S]
     sums = torch.einsum("bts,btd->bsd", onehot, hidden.to(torch.float32))
+    onehot[..., Segment.PAD] = 0.0
     counts = onehot.sum(dim=1).unsqueeze(-1)  # [b, S, 1]
     pooled = sums / counts.clamp_min(1.0)
     return pooled.masked_fill(counts == 0, float("nan"))

@@ -121,6 +121,7 @@ def capture(
     lora_adapter: str | Path | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    examples_per_chunk: int = 64,
 ) -> TraceStore:
     """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
 
@@ -164,7 +165,7 @@ def capture(
         batch = batch.to(next(adapter.model.parameters()).device)
         rows = cap.collect(batch, _forward(cap, batch), n_positions=checked.max_len)
         if writer is None:
-            writer = _create_writer(out, cap, rows[0], checked, labels, attrs)
+            writer = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
         writer.append(
             [ex.id for ex in batch_examples],
             _example_coords(batch_examples, labels),
@@ -188,7 +189,7 @@ def _forward(cap: Capture, batch) -> dict:
 
 
 def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checked: _Checked, labels: list[str],
-                   attrs: dict[str, str]) -> TraceStoreWriter:
+                   attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
     """Create the store, sizing unlabelled dims from the checked examples and one captured row."""
     adapter, spec = cap.adapter, cap.spec
     coords = {
@@ -218,6 +219,7 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checke
         example_coords={"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool",
                         **{f"label_{k}": "str" for k in labels}},
         attrs=attrs,
+        examples_per_chunk=examples_per_chunk,
     )
 
 

@@ -63,7 +63,8 @@ def reading_keyspace(ks: xr.Dataset) -> str:
     for st in ks["store"].values:
         x = m.sel(store=st)
         parts.append(f"{st}: Mahalanobis {float(x['mahalanobis']):.2f} (text baseline {float(x['mahalanobis_text']):.2f}), "
-                     f"kNN {float(x['knn']):.2f} (baseline {float(x['knn_text']):.2f}), MMD² {float(x['mmd2']):.3f}, AUC {float(x['auc']):.2f}")
+                     f"kNN {float(x['knn']):.2f} (baseline {float(x['knn_text']):.2f}), MMD² {float(x['mmd2']):.3f}, "
+                     f"AUC {float(x['auc']):.2f} ± {float(x['auc_sd']):.2f} (SD over CV folds)")
     return "visual keys vs text keys (mean over layers): " + "; ".join(parts)
 
 
@@ -73,10 +74,18 @@ def reading_probes(pr: xr.Dataset) -> str:
     for site in pr["site"].values:
         for lab in pr["label"].values:
             acc = pr["accuracy"].sel(site=site, label=lab)
+            sd = pr["accuracy_sd"].sel(site=site, label=lab)
             ch = float(pr["chance"].sel(site=site, label=lab).max())
-            vals = [float(acc.sel(store=st).max(skipna=True)) for st in pr["store"].values]
-            parts.append(f"{lab}@{site} {vals[0]:.2f} → {vals[-1]:.2f} (chance {ch:.2f})")
-    return "best-layer probe accuracy " + "; ".join(parts)
+            vals = []
+            for st in pr["store"].values:
+                a = acc.sel(store=st).values
+                if not np.isfinite(a).any():
+                    vals.append("n/a")
+                    continue
+                i = int(np.nanargmax(a))
+                vals.append(f"{a[i]:.2f} ± {float(sd.sel(store=st).values[i]):.2f} (layer {int(acc['layer'].values[i])})")
+            parts.append(f"{lab}@{site} {vals[0]} → {vals[-1]} (chance {ch:.2f})")
+    return "best-layer probe accuracy (± SD over CV folds) " + "; ".join(parts)
 
 
 def reading_drift(d: xr.Dataset, config: BootstrapConfig) -> str:
@@ -109,6 +118,19 @@ def eval_table(ev: xr.Dataset | None) -> dict[str, dict[str, float]]:
         return {}
     out: dict[str, dict[str, float]] = {}
     for name, var in ev.data_vars.items():
+        if "condition" in var.dims and "example" not in var.dims and var.dtype.kind in "biuf":
+            rest = [d for d in var.dims if d != "condition"]
+            v = var.astype(float).transpose(*rest, "condition") if rest else var.astype(float)
+            if not rest:
+                out[str(name)] = {str(c): float(x) for c, x in zip(v["condition"].values, v.values)}
+                continue
+            flat = v.stack(row=rest)
+            for i in range(flat.sizes["row"]):
+                key = "/".join(f"{d}={flat[d].values[i]}" for d in rest)
+                col = flat.isel(row=i)
+                if np.isfinite(col.values).any():
+                    out[f"{name}/{key}"] = {str(c): float(x) for c, x in zip(col["condition"].values, col.values)}
+            continue
         if set(var.dims) != {"example", "condition"} or var.dtype.kind not in "biuf":
             continue
         v = var.astype(float)

@@ -111,9 +111,14 @@ def normalise_coord_values(dim: str, values: Any) -> list:
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int, examples_per_chunk: int, max_bytes: int) -> tuple[int, ...]:
-    """Chunks of ``examples_per_chunk`` examples (fewer, then split along later dims, when over ``max_bytes``)."""
+    """Chunks of ``examples_per_chunk`` examples (fewer, then split along later dims, when over ``max_bytes``).
+
+    A smaller example chunk is always a divisor of ``examples_per_chunk``, so flushing whole blocks of
+    ``examples_per_chunk`` examples writes whole chunks of every variable.
+    """
     per_example = itemsize * math.prod(shape[1:])
-    chunks = [max(1, min(examples_per_chunk, max_bytes // max(per_example, 1)))] + list(shape[1:])
+    fits = [d for d in range(1, examples_per_chunk + 1) if examples_per_chunk % d == 0 and d * per_example <= max_bytes]
+    chunks = [max(fits, default=1)] + list(shape[1:])
     for i in range(1, len(chunks)):
         size = itemsize * math.prod(chunks)
         if size <= max_bytes:
@@ -200,8 +205,11 @@ def identity_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     """Name and values of the first key on which two dicts differ, or None."""
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            return f"{key}: {_short(a.get(key, '<absent>'))} != {_short(b.get(key, '<absent>'))}"
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va != vb:
+            if isinstance(va, dict) and isinstance(vb, dict):
+                return f"{key}.{first_difference(va, vb)}"
+            return f"{key}: {_short(va)} != {_short(vb)}"
     return None
 
 

@@ -1,11 +1,16 @@
 """TraceStoreWriter: create or resume a store and append examples crash-safely.
 
 Crash safety: every zarr key is written atomically (zarr's LocalStore writes a temporary file
-and renames it), each append writes its data first and then rewrites the group attributes with
+and renames it), each flush writes its data first and then rewrites the group attributes with
 the new committed example count (one atomic rename). Readers and resumed writers only trust
 that count: whatever an interrupted append left past it is invisible and cut off on resume.
 A new store is built in a hidden sibling folder and renamed into place, so a store path either
 holds a complete empty store or nothing.
+
+Speed: appended examples are held in memory until they complete a block of
+``examples_per_chunk`` (or exceed ``max_buffer_bytes``), so zarr writes whole chunks instead of
+re-reading and re-compressing a growing chunk at every batch. A crash loses at most the pending
+block, which a resumed capture recomputes.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class TraceStoreWriter:
     non-example dims (layer, head, segment, query, position ...); ``sizes``: lengths of unlabelled dims
     (feature, d_head, vtoken ...); ``example_coords``: per-example coordinate names (dtype ``str``) or a
     name -> dtype mapping (``str``, ``bool``, ``int64``, ``float64``; ``image_dependent`` defaults to bool).
+    Appends are committed in whole blocks of ``examples_per_chunk`` (or when more than
+    ``max_buffer_bytes`` are pending; 0 commits every append); ``close()`` commits the rest.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class TraceStoreWriter:
         attrs: Mapping[str, Any] | None = None,
         examples_per_chunk: int = 64,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+        max_buffer_bytes: int = 256 * 2**20,
     ) -> None:
         layout = Layout(
             dict(variables),
@@ -86,7 +94,7 @@ class TraceStoreWriter:
             _check_identity(path, existing, attrs)
         else:
             _create(path, layout, attrs)
-        self._attach(path)
+        self._attach(path, max_buffer_bytes)
 
     @classmethod
     def create(cls, path: str | os.PathLike, **kwargs: Any) -> "TraceStoreWriter":
@@ -94,19 +102,25 @@ class TraceStoreWriter:
         return cls(path, **kwargs)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, *, attrs: Mapping[str, Any] | None = None) -> "TraceStoreWriter":
+    def resume(cls, path: str | os.PathLike, *, attrs: Mapping[str, Any] | None = None,
+               max_buffer_bytes: int = 256 * 2**20) -> "TraceStoreWriter":
         """Reopen an existing store for appending; if ``attrs`` are given, they must match the store's identity."""
         path = Path(path)
         existing = read_group_attrs(path)
         if attrs is not None:
             _check_identity(path, existing, _json_attrs(attrs))
         self = cls.__new__(cls)
-        self._attach(path)
+        self._attach(path, max_buffer_bytes)
         return self
 
-    def _attach(self, path: Path) -> None:
+    def _attach(self, path: Path, max_buffer_bytes: int) -> None:
         """Open the group, cut every array back to the committed count, drop leftover temporary files."""
+        if max_buffer_bytes < 0:
+            raise ValueError(f"max_buffer_bytes must be >= 0, got {max_buffer_bytes}")
         self.path = path
+        self._max_buffer = max_buffer_bytes
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_ids: set[str] = set()
         for leftover in path.rglob("*.partial"):
             leftover.unlink(missing_ok=True)
         self._group = zarr.open_group(LocalStore(path), mode="r+", zarr_format=3)
@@ -130,12 +144,12 @@ class TraceStoreWriter:
 
     @property
     def n_examples(self) -> int:
-        """Committed examples so far."""
+        """Committed examples so far (appended ones still held in memory not included)."""
         return self._n
 
     def done_ids(self) -> set[str]:
-        """Ids of the examples already committed (skip them when resuming)."""
-        return set(self._done)
+        """Ids of the examples committed or appended (skip them when resuming)."""
+        return self._done | self._pending_ids
 
     def append(self, example_ids: Sequence[str], example_coords: Mapping[str, Sequence], data: Mapping[str, Any]) -> None:
         """Write a batch: ``data[name]`` has shape (len(example_ids), *dims); smaller trailing dims are padded with fill."""
@@ -147,19 +161,37 @@ class TraceStoreWriter:
             return
         if len(set(ids)) != k:
             raise ValueError(f"append to {self.path}: example ids repeat within the batch")
-        again = sorted(set(ids) & self._done)
+        again = sorted(set(ids) & self.done_ids())
         if again:
             raise ValueError(f"append to {self.path}: examples already in the store: {again[:5]}")
         values = {"example": np.array(ids, dtype=np.dtypes.StringDType())}
         values.update(self._coord_values(example_coords, k))
         values.update(self._data_values(data, k))
-        n, new = self._n, self._n + k
+        self._pending.append(values)
+        self._pending_ids.update(ids)
+        epc = self._layout.examples_per_chunk
+        total = self._n + len(self._pending_ids)
+        if sum(v.nbytes for b in self._pending for v in b.values()) > self._max_buffer:
+            self.flush()
+        elif total // epc > self._n // epc:
+            self.flush(upto=total // epc * epc)  # whole chunks now; the rest waits for the next block
+
+    def flush(self, upto: int | None = None) -> None:
+        """Write and commit pending examples (all, or those before example index ``upto``)."""
+        if not self._pending:
+            return
+        merged = {name: np.concatenate([b[name] for b in self._pending]) for name in self._pending[0]}
+        m = len(merged["example"]) if upto is None else upto - self._n
+        n, new = self._n, self._n + m
         for name, arr in self._arrays.items():
             arr.resize((new,) + arr.shape[1:])
-            arr[n:new] = values[name]
+            arr[n:new] = merged[name][:m]
         self._commit(new)
+        written = {str(i) for i in merged["example"][:m]}
         self._n = new
-        self._done.update(ids)
+        self._done |= written
+        self._pending_ids -= written
+        self._pending = [{name: v[m:] for name, v in merged.items()}] if m < len(merged["example"]) else []
 
     def _coord_values(self, coords: Mapping[str, Sequence], k: int) -> dict[str, np.ndarray]:
         want = self._layout.example_coords
@@ -191,15 +223,17 @@ class TraceStoreWriter:
         self._group.attrs.update({COMMITTED_ATTR: n, SKIPPED_ATTR: json.dumps(self._skipped)})
 
     def close(self) -> TraceStore:
-        """Finish writing and return the store opened for reading."""
-        self._closed = True
+        """Write what is pending, finish, and return the store opened for reading."""
+        if not self._closed:
+            self.flush()
+            self._closed = True
         return TraceStore.open(self.path)
 
     def __enter__(self) -> "TraceStoreWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._closed = True
+        self.close()
 
     def __repr__(self) -> str:
         return f"TraceStoreWriter({str(self.path)!r}, committed={self._n})"

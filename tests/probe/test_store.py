@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -201,6 +200,25 @@ def test_huge_variables_get_smaller_chunks(tmp_path: Path) -> None:
     assert ds["hook_rot_k"].chunks[:2] == ((1, 1), (2, 2))  # split along example, then layer
 
 
+def test_appends_are_committed_in_whole_chunks(tmp_path: Path) -> None:
+    variables = {"x": VariableSpec(("example", "feature"), "float32")}
+    w = TraceStoreWriter(tmp_path / "s", variables=variables, sizes={"feature": 3}, examples_per_chunk=4)
+    rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+    w.append(["a", "b", "c"], {}, {"x": rows[:3]})
+    assert w.n_examples == 0 and w.done_ids() == {"a", "b", "c"}  # pending, not yet on disk
+    assert TraceStore.open(tmp_path / "s").n_examples == 0
+    w.append(["d", "e", "f"], {}, {"x": rows[3:6]})
+    assert w.n_examples == 4 and TraceStore.open(tmp_path / "s").n_examples == 4  # one whole chunk
+    w.append(["g"], {}, {"x": rows[6:7]})
+    assert w.n_examples == 4
+    ds = w.close().dataset
+    assert ds.sizes["example"] == 7 and ds["x"].chunks[0] == (4, 3)
+    np.testing.assert_array_equal(ds["x"].values, rows[:7])
+    eager = TraceStoreWriter(tmp_path / "t", variables=variables, sizes={"feature": 3}, max_buffer_bytes=0)
+    eager.append(["a"], {}, {"x": rows[:1]})
+    assert eager.n_examples == 1  # max_buffer_bytes=0: every append is committed at once
+
+
 def test_store_attrs_and_summary(reference: TraceStore) -> None:
     st = TraceStore.open(reference.path)
     assert st.attrs["model_id"] == "tiny" and st.attrs["adapter"] == "llava"
@@ -217,10 +235,10 @@ def test_store_attrs_and_summary(reference: TraceStore) -> None:
 @pytest.mark.parametrize(
     ("mode", "at"),
     [
-        ("commit", 1),   # first append's data on disk, nothing committed
-        ("commit", 3),   # third append's data on disk, two appends committed
-        ("setitem", 13),  # mid-way through the second append's writes (4 at creation, then 7 arrays per append)
-        ("resize", 13),   # second append: some arrays grown, some not (7 arrays per append)
+        ("commit", 1),   # first block of 4 examples on disk, nothing committed
+        ("commit", 3),   # 8 examples committed; killed before the skipped list / last block commit
+        ("setitem", 13),  # mid-way through the second block's writes (4 at creation, then 7 arrays per block)
+        ("resize", 13),   # second block: some arrays grown, some not (7 arrays per block)
         ("create", 1),   # empty store built but not renamed into place
     ],
 )
@@ -306,7 +324,9 @@ def test_creating_over_a_different_store_raises_and_touches_nothing(tmp_path: Pa
         kwargs.update(change)
     with pytest.raises(StoreMismatchError) as err:
         TraceStoreWriter(path, **kwargs)
-    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert ("model_id" if "attrs" in change else "layer" if "coords" in change else "sizes.feature") in msg, msg
     with pytest.raises(StoreMismatchError):
         TraceStoreWriter.resume(path, attrs={**ns["ATTRS"], "weights_hash": "zzz"})
     assert _snapshot(path) == before
@@ -359,3 +379,15 @@ def test_comparability(tmp_path: Path) -> None:
         msg = str(err.value)
         assert needle in msg and "\n" not in msg, msg
     assert a.capture_spec == spec
+
+
+def test_bad_specs_raise_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="start with 'example'"):
+        VariableSpec(("layer", "example"), "float32")
+    with pytest.raises(ValueError, match="dtype"):
+        VariableSpec(("example",), "bfloat8")
+    with pytest.raises(ValueError, match="integer fill"):
+        VariableSpec(("example",), "int32", np.nan)
+    with pytest.raises(ValueError, match=r"dims \['feature'\] have neither coords nor sizes"):
+        TraceStoreWriter(tmp_path / "s", variables={"x": VariableSpec(("example", "feature"), "float32")})
+    assert not (tmp_path / "s").exists()

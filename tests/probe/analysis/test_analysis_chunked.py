@@ -41,7 +41,7 @@ def test_big_store_is_lazy_and_chunked(big) -> None:
     assert b["hook_resid_post_tokens"].data.npartitions == N // CHUNK
 
 
-@pytest.mark.parametrize("name", ["mir", pytest.param("keyspace", marks=pytest.mark.slow), pytest.param("sinks", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["mir", "keyspace", pytest.param("sinks", marks=pytest.mark.slow)])
 def test_memory_stays_far_below_store_size(big, name: str) -> None:
     b, a = big
     heavy = {"mir": "hook_resid_post_tokens", "keyspace": "hook_rot_k", "sinks": "attn_pattern"}[name]

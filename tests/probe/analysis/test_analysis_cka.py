@@ -9,6 +9,8 @@ import pytest
 from scipy.stats import ortho_group
 
 from probe.analysis.cka import (
+    CKAMemoryError,
+    cka_matrix,
     StreamingLinearCKA,
     hsic_unbiased,
     linear_cka,
@@ -136,3 +138,16 @@ def test_pooled_cka_between_token_variables(lazy_pair) -> None:
     other = ds.assign(vision_out=ds["vision_out"] ** 2)
     ref = linear_cka(pooled, (other["vision_out"].mean("vpatch")).values)
     np.testing.assert_allclose(pooled_cka(other), ref, atol=1e-6)
+
+
+def test_cka_matrix_against_in_memory_reference(lazy_pair) -> None:
+    b, a = lazy_pair
+    m = cka_matrix(b, a, site="last_prompt", unbiased=True)
+    xb = b["hook_resid_post"].sel(query="last_prompt").values.astype(np.float64)
+    xa = a["hook_resid_post"].sel(query="last_prompt").values.astype(np.float64)
+    ref = np.array([[linear_cka(xb[:, i], xa[:, j], unbiased=True) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(m.values, ref, atol=1e-6)
+    within = cka_matrix(b, layers_a=[1, 2])
+    np.testing.assert_allclose(np.diag(within.sel(layer_b=[1, 2]).values), 1.0, atol=1e-6)
+    with pytest.raises(CKAMemoryError, match="layers_a"):
+        cka_matrix(b, max_bytes=1e3)

@@ -55,3 +55,23 @@ def test_compare_reads_real_trace_stores(tmp_path) -> None:
     band = summary["results"]["collapse_band"]["answer"]
     assert band["layers"] == [2, 3] and abs(band["rel_change"] + 0.4) < 0.01
     assert summary["results"]["sinks"]["attrs"]["sink_dims_before"] == [5]
+
+
+def test_eval_table_is_generic() -> None:
+    import numpy as np
+    import xarray as xr
+
+    from probe.report.summary import eval_table
+
+    ev = xr.Dataset(
+        {
+            "correct": (("condition", "example"), np.array([[1, 1, 0, 1], [0, 1, 0, 0]], bool)),
+            "prediction": (("condition", "example"), np.full((2, 4), "a")),
+            "accuracy": (("condition", "lang"), np.array([[0.75, np.nan], [0.25, np.nan]])),
+        },
+        coords={"condition": ["real", "blank"], "example": list("abcd"), "lang": ["en", "ko"]},
+    )
+    t = eval_table(ev)
+    assert t["correct"] == {"real": 0.75, "blank": 0.25}
+    assert t["accuracy/lang=en"] == {"real": 0.75, "blank": 0.25}
+    assert "accuracy/lang=ko" not in t and "prediction" not in t

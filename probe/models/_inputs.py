@@ -1,0 +1,98 @@
+"""Input-building pieces shared by the adapters: images, prompts, answers, padding, segments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from probe.data.example import Example
+from probe.models.base import BadExampleError, ModelInputs
+from probe.segments import Segment
+
+
+def load_image(example: Example) -> Image.Image:
+    """The example's image as RGB; BadExampleError when it is absent, missing or unreadable."""
+    image = example.image
+    if image is None:
+        raise BadExampleError(example.id, "has no image")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise BadExampleError(example.id, f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise BadExampleError(example.id, f"corrupt image {path}: {type(err).__name__}") from None
+
+
+def prompt_text(processor: Any, example: Example, placeholder: str) -> str:
+    """The prompt as the model sees it: chat template when the processor has one, else placeholder + prompt.
+
+    A prompt that already holds the placeholder is used as is; more than one placeholder is an error
+    (one image per example).
+    """
+    count = example.prompt.count(placeholder)
+    if count > 1:
+        raise BadExampleError(example.id, f"prompt has {count} image placeholders {placeholder!r} for 1 image")
+    if getattr(processor, "chat_template", None):
+        text = example.prompt.replace(placeholder, "").strip()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if count == 1:
+        return example.prompt
+    return f"{placeholder}\n{example.prompt}"
+
+
+def answer_ids(tokenizer: Any, answer: str | None) -> list[int]:
+    """Token ids of the answer (no special tokens) followed by eos; empty when there is no answer."""
+    if answer is None:
+        return []
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return list(ids) + ([eos] if eos is not None else [])
+
+
+def assemble(
+    examples: Sequence[Example],
+    prompts: Sequence[Sequence[int]],
+    prompt_segments: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int,
+    padding_side: str,
+    extra: dict[str, Any],
+) -> ModelInputs:
+    """Pad prompt+answer rows into a batch with segments and labels (-100 except answer tokens)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
+    segs = [list(s) + [int(Segment.ANSWER)] * len(a) for s, a in zip(prompt_segments, answers)]
+    width = max(len(r) for r in rows)
+    batch = len(rows)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    segments = torch.full((batch, width), int(Segment.PAD), dtype=torch.long)
+    labels = torch.full((batch, width), -100, dtype=torch.long)
+    for b, (row, seg, ans) in enumerate(zip(rows, segs, answers)):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+        segments[b, span] = torch.tensor(seg)
+        if ans:
+            lab = torch.full((len(row),), -100, dtype=torch.long)
+            lab[len(row) - len(ans):] = torch.tensor(ans)
+            labels[b, span] = lab
+    has_answer = any(len(a) for a in answers)
+    inputs = {"input_ids": ids, "attention_mask": mask, **extra}
+    return ModelInputs(inputs, segments, labels if has_answer else None, [ex.id for ex in examples])
+
+
+def segments_from_ids(ids: Sequence[int], roles: dict[int, Segment]) -> list[int]:
+    """Segment code of each prompt token: `roles` maps special token ids to segments, the rest is TEXT."""
+    return [int(roles.get(int(t), Segment.TEXT)) for t in ids]

@@ -1,0 +1,75 @@
+"""Session-wide fixtures: a tiny LLaVA (in memory and saved to a folder) and a small manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_pair():
+    """(model, processor) of a tiny random-weight LLaVA, built once."""
+    from probe.models.tiny import tiny_llava
+
+    return tiny_llava(seed=0, text_layers=3, text_dim=64, vision_dim=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_adapter(tiny_llava_pair):
+    from probe.models import adapter_for
+
+    return adapter_for(*tiny_llava_pair)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tiny_llava_pair, tmp_path_factory) -> Path:
+    """The tiny LLaVA saved with save_pretrained (safetensors) next to its processor."""
+    model, processor = tiny_llava_pair
+    path = tmp_path_factory.mktemp("tiny_llava")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def write_colour_manifest(folder: Path, n: int) -> Path:
+    """`n` examples: coloured squares, EN/KO colour questions, answers for every other one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    rows = []
+    for i in range(n):
+        colour = names[i % 3]
+        img = Image.new("RGB", (32, 32), (255, 255, 255))
+        img.paste(COLOURS[colour], (4 + i % 5, 4, 24 + i % 5, 24))
+        img.save(folder / f"{i}.png")
+        ko = i % 2 == 1
+        rows.append({
+            "id": f"ex{i:03d}", "image": f"{i}.png",
+            "prompt": "이 도형은 무슨 색입니까?" if ko else "What colour is the shape?" + " Answer in one word." * (i % 3),
+            "answer": colour if i % 4 else None, "lang": "ko" if ko else "en", "question_type": "colour",
+            "image_dependent": True, "labels": {"colour": colour},
+        })
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_colour_manifest():
+    """The manifest writer, for tests that need their own size."""
+    return write_colour_manifest
+
+
+@pytest.fixture(scope="session")
+def colour_manifest(tmp_path_factory) -> Path:
+    return write_colour_manifest(tmp_path_factory.mktemp("colours"), 9)
