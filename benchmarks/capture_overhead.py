@@ -31,7 +31,7 @@ def build(device: str, dtype: str):
         text_config=LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
                                 num_key_value_heads=8, vocab_size=32000, max_position_embeddings=8192),
         image_token_id=31999,
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
     cfg._attn_implementation = "sdpa"

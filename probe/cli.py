@@ -50,5 +50,73 @@ def info_cmd(store: Path = typer.Argument(..., help="TraceStore folder")) -> Non
         _fail(err)
 
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="model folder or hub id"),
+    manifest: Path = typer.Argument(..., help="JSONL manifest with reference answers"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="store (or new zarr) to save the evaluation into, group 'eval'"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder applied to the model"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+) -> None:
+    """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
+    from rich.console import Console
+
+    from probe.data.manifest import read_manifest
+    from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
+    from probe.models import load_model
+
+    try:
+        ds = evaluate_dependence(load_model(model, lora_adapter=adapter), read_manifest(manifest), batch_size=batch_size)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
+    if out is not None:
+        save_dependence(ds, out)
+        typer.echo(f"saved to {out} (group 'eval')")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    store: Path = typer.Argument(..., help="TraceStore folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML report to write (a .json summary is written beside it)"),
+) -> None:
+    """Analyse one store: attention, sinks, key space, probes, MIR; an offline HTML report plus JSON."""
+    from probe.report import report
+
+    try:
+        report(store, out, out.with_suffix(".json"))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@app.command("compare")
+def compare_cmd(
+    before: Path = typer.Argument(..., help="store captured before (e.g. the base model)"),
+    after: Path = typer.Argument(..., help="store captured after (fine-tuned, intervened, mitigated)"),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML report to write (a .json summary is written beside it)"),
+) -> None:
+    """Before/after comparison: which candidate causes moved, by how much, with intervals."""
+    from probe.report import compare
+
+    try:
+        compare(before, after, out, out.with_suffix(".json"))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@data_app.command("synth")
+def synth_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="folder for PNGs and JSONL manifests"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate the synthetic bilingual (English/Korean) visual QA benchmark."""
+    from probe.data.synth import generate
+
+    for split, path in generate(out, seed=seed).items():
+        typer.echo(f"{split}: {path}")
+
+
 if __name__ == "__main__":
     app()
