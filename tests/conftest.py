@@ -1,9 +1,11 @@
-"""Session-wide fixtures: a tiny LLaVA (in memory and saved to a folder) and a small manifest."""
+"""Session-wide fixtures: tiny models of every family, a tiny LLaVA saved to a folder, and a small manifest."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +17,54 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _tiny_builders() -> dict[str, Callable[[], tuple[Any, Any]]]:
+    from probe.models import tiny
+
+    return {
+        "llava": lambda: tiny.tiny_llava(text_layers=2, text_dim=64),
+        "internvl": tiny.tiny_internvl,
+        "qwen2_vl": tiny.tiny_qwen2_vl,
+        "qwen2_5_vl": tiny.tiny_qwen2_5_vl,
+        "smolvlm": tiny.tiny_smolvlm,
+        "idefics3": lambda: tiny.tiny_smolvlm(family="idefics3"),
+        # several tiles per image, a different number per example
+        "internvl-tiled": lambda: tiny.tiny_internvl(max_tiles=4),
+        "smolvlm-split": lambda: tiny.tiny_smolvlm(image_splitting=True),
+        "idefics3-split": lambda: tiny.tiny_smolvlm(family="idefics3", image_splitting=True),
+    }
+
+
+class _LazyModels(Mapping):
+    """family -> (model, processor), each built on first use (seeded) and then shared."""
+
+    def __init__(self) -> None:
+        self._builders = _tiny_builders()
+        self._built: dict[str, tuple[Any, Any]] = {}
+
+    def __getitem__(self, family: str) -> tuple[Any, Any]:
+        if family not in self._builders:
+            raise KeyError(f"no tiny model for family {family!r}; known: {', '.join(self._builders)}")
+        if family not in self._built:
+            torch.manual_seed(0)
+            self._built[family] = self._builders[family]()
+        return self._built[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._builders)
+
+    def __len__(self) -> int:
+        return len(self._builders)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Mapping[str, tuple[Any, Any]]:
+    """family -> (model, processor) of a tiny random-weight model; built lazily, once per session.
+
+    Tests must not change these models' weights (build their own with probe.models.tiny for that).
+    """
+    return _LazyModels()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,14 +45,15 @@ def _open(ex: Example) -> Image.Image:
 
 
 def mismatch_partners(examples: Sequence[Example], seed: int = 0) -> list[int | None]:
-    """For each example, another example with the same lang and question_type but a different answer."""
+    """For each example, another with the same lang, question_type and image_dependent flag but a different answer."""
     rng = random.Random(seed)
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
+    key = lambda ex: (ex.lang, ex.question_type, bool(ex.image_dependent))  # noqa: E731
     for i, ex in enumerate(examples):
-        groups.setdefault((ex.lang, ex.question_type), []).append(i)
+        groups.setdefault(key(ex), []).append(i)
     partners: list[int | None] = []
     for i, ex in enumerate(examples):
-        pool = [j for j in groups[(ex.lang, ex.question_type)]
+        pool = [j for j in groups[key(ex)]
                 if normalise(examples[j].answer or "") != normalise(ex.answer or "") and examples[j].image != ex.image]
         partners.append(rng.choice(pool) if pool else None)
     return partners
@@ -194,7 +196,9 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
 def save_dependence(ds: xr.Dataset, path: str | Path, *, group: str | None = "eval") -> Path:
     """Write the evaluation into zarr `path` (group 'eval' inside an existing store, or standalone)."""
     path = Path(path)
-    ds.to_zarr(path, group=group, mode="w", consolidated=False)
+    with warnings.catch_warnings():  # fixed-width strings have no zarr v3 spec yet; xarray reads them back fine
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        ds.to_zarr(path, group=group, mode="w", consolidated=False)
     return path
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
+from probe.segments import Segment
 
 
 @dataclass
@@ -109,6 +110,16 @@ class ModelAdapter(ABC):
         Inserts the image placeholder itself when the prompt has none; raises `BadExampleError`
         naming the example when an image is missing/corrupt or the image-token count is wrong.
         """
+
+    @staticmethod
+    def n_visual_tokens(segments: torch.Tensor) -> torch.Tensor:
+        """Visual tokens entering the decoder per row: segments [batch, seq] -> [batch] long."""
+        return (segments == int(Segment.VISUAL)).sum(-1)
+
+    @staticmethod
+    def visual_positions(segments: torch.Tensor, row: int) -> torch.Tensor:
+        """Sequence indices of row `row`'s visual tokens, in projector-output order: [n_visual] long."""
+        return (segments[row] == int(Segment.VISUAL)).nonzero().flatten()
 
     @classmethod
     def matches(cls, config: Any) -> bool:

@@ -8,6 +8,9 @@ import torch
 
 from probe.models.base import ModelAdapter
 from probe.models.registry import adapter_for
+from probe.provenance import weights_hash
+
+__all__ = ["load_model", "weights_hash"]
 
 
 def load_model(
@@ -41,7 +44,12 @@ def load_model(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ImportError, ValueError) as err:  # transformers raises either when a video processor needs torchvision
+        if "torchvision" not in str(err).lower():
+            raise
+        processor = _processor_without_video(source, config.model_type, trust_remote_code)
     if lora_adapter is not None:
         from peft import PeftModel
 
@@ -51,3 +59,38 @@ def load_model(
         model = PeftModel.from_pretrained(model, str(lora_adapter)).merge_and_unload()
     model = model.to(device).eval()
     return adapter_for(model, processor)
+
+
+def _processor_without_video(source: str, model_type: str, trust_remote_code: bool):
+    """The family's processor with no video processor: transformers' video processors need torchvision.
+
+    Images-only use never touches the video slot; tokenizer, image processor, the processor's own
+    settings (processor_config.json) and the chat template are read from `source` as AutoProcessor would.
+    """
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.utils import cached_file
+
+    from probe.models.tiny import _allow_missing_video_processor
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    if name is None:
+        raise ImportError(f"{source}: AutoProcessor needs torchvision and {model_type!r} has no known processor class")
+    cls = getattr(transformers, name)
+    settings: dict = {}
+    config_file = cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    if config_file:
+        settings = json.loads(Path(config_file).read_text())
+    settings = {k: v for k, v in settings.items() if k not in ("processor_class", "auto_map", "video_processor")}
+    template_file = cached_file(source, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
+    if template_file and "chat_template" not in settings:
+        settings["chat_template"] = Path(template_file).read_text()
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    with _allow_missing_video_processor():
+        if "video_processor" in cls.get_attributes():
+            return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **settings)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **settings)

@@ -1,0 +1,118 @@
+"""Qwen2-VL and Qwen2.5-VL: dynamic-resolution ViT → patch merger → Qwen2 decoder with M-RoPE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from probe.data.example import Example
+from probe.models._inputs import answer_ids, assemble, load_image, prompt_text, segments_from_ids
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models.registry import register_adapter
+from probe.segments import Segment
+
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+
+
+@register_adapter
+class Qwen2VLAdapter(ModelAdapter):
+    """`<|vision_start|>` + `<|image_pad|>`×(grid/merge²) + `<|vision_end|>`; the token count follows the image size.
+
+    pixel_values is flat [sum of patches, dim] with image_grid_thw [n_images, 3]; the model derives the
+    3-D M-RoPE positions from input_ids, image_grid_thw and attention_mask, so no position_ids are passed.
+    """
+
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    sites = {
+        "vision.out": "model.visual.blocks.{last}",
+        "projector.in": "model.visual.merger",
+        "projector.out": "model.visual.merger",
+        "lm.layer.{i}.resid": "model.language_model.layers.{i}",
+        "lm.layer.{i}.attn": "model.language_model.layers.{i}.self_attn",
+    }
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        super().__init__(model, processor)
+        last = len(self.model.get_submodule("model.visual.blocks")) - 1
+        # per instance: the last vision block's index depends on the checkpoint
+        self.sites = {k: v.replace("{last}", str(last)) for k, v in type(self).sites.items()}
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.get_submodule("model.language_model.layers")
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def vision_order(self, image_grid_thw: torch.Tensor, level: str = "merged") -> torch.Tensor:
+        """Row permutation that puts captured vision rows in the decoder's image-token order.
+
+        The vision blocks and the merger see all images of a batch flat, one row per patch ("patch") or per
+        merged token ("merged"). Qwen2.5-VL's windowed ViT permutes merged units before the blocks and
+        undoes it only after the merger, so `captured[order]` is what fills the image tokens, image by image.
+        Identity for Qwen2-VL.
+        """
+        if level not in ("merged", "patch"):
+            raise ValueError(f"level must be 'merged' or 'patch', got {level!r}")
+        vcfg = self.model.config.vision_config
+        unit = vcfg.spatial_merge_size**2
+        n_merged = int(image_grid_thw.prod(-1).sum()) // unit
+        if self.model.config.model_type == "qwen2_5_vl":
+            from transformers.vision_utils import get_vision_window_index
+
+            window_index, _ = get_vision_window_index(
+                image_grid_thw.cpu(), spatial_merge_size=vcfg.spatial_merge_size,
+                window_size=vcfg.window_size, patch_size=vcfg.patch_size,
+            )
+            order = torch.argsort(window_index)
+        else:
+            order = torch.arange(n_merged)
+        if level == "patch":
+            order = (order[:, None] * unit + torch.arange(unit)).flatten()
+        return order
+
+    def _roles(self) -> dict[int, Segment]:
+        cfg = self.model.config
+        return {
+            self.image_token_id: Segment.VISUAL,
+            int(cfg.vision_start_token_id): Segment.IMAGE_START,
+            int(cfg.vision_end_token_id): Segment.IMAGE_END,
+        }
+
+    def _text(self, ex: Example) -> str:
+        placeholder = getattr(self.processor, "image_token", IMAGE_PAD)
+        text = prompt_text(self.processor, ex, placeholder)
+        if VISION_START not in text:  # no chat template: wrap the bare placeholder in its markers
+            text = text.replace(placeholder, f"{VISION_START}{placeholder}{VISION_END}", 1)
+        return text
+
+    def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
+        tokenizer = self.processor.tokenizer
+        roles = self._roles()
+        prompts, segments, answers, pixels, grids = [], [], [], [], []
+        for ex in examples:
+            image = load_image(ex)
+            text = self._text(ex)
+            try:
+                enc = self.processor(images=[image], text=[text], return_tensors="pt")
+            except ValueError as err:
+                raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
+            ids = enc["input_ids"][0].tolist()
+            if self.image_token_id not in ids:
+                raise BadExampleError(ex.id, "no image tokens after processing")
+            prompts.append(ids)
+            segments.append(segments_from_ids(ids, roles))
+            answers.append(answer_ids(tokenizer, ex.answer))
+            pixels.append(enc["pixel_values"])
+            grids.append(enc["image_grid_thw"])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        extra = {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.cat(grids)}
+        batch = assemble(examples, prompts, segments, answers, pad, padding_side, extra)
+        # M-RoPE needs to know which positions are image tokens (1) and which are text (0)
+        batch.inputs["mm_token_type_ids"] = (batch.segments == int(Segment.VISUAL)).long()
+        return batch

@@ -1,0 +1,62 @@
+"""Acceptance of the model organism (issue 3): base sees, ko_ft goes blind in Korean; 3 seeds, CPU minutes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from probe.data.manifest import read_manifest
+from probe.eval.dependence import evaluate_dependence
+from probe.models.loading import load_model
+from train.organism import OrganismConfig, build_organism
+
+pytestmark = pytest.mark.organism
+NEAR_CHANCE = 0.15  # blank-image accuracy may exceed chance by at most this much
+
+
+@pytest.fixture(scope="session", params=[0, 1, 2], ids=lambda s: f"seed{s}")
+def organism(request, tmp_path_factory):
+    seed = request.param
+    cfg = OrganismConfig()
+    t = time.perf_counter()
+    result = build_organism(tmp_path_factory.mktemp(f"organism{seed}"), seed=seed, config=cfg, progress=False)
+    keep = set(cfg.question_types)
+    image = [e for e in read_manifest(result.manifests["eval_image"]) if e.question_type in keep]
+    text = [e for e in read_manifest(result.manifests["eval_text"]) if e.question_type in keep]
+    evals = {name: evaluate_dependence(load_model(path, attn_implementation="eager"), image + text,
+                                       batch_size=64, progress=False)
+             for name, path in (("base", result.base), ("ko_ft", result.ko_ft))}
+    numbers = {"seed": seed, "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+               "total_seconds": round(time.perf_counter() - t, 1)}
+    for name, ds in evals.items():
+        for lang in ("en", "ko"):
+            for kind in ("image", "text"):
+                sel = dict(lang=lang, question_type="all", kind=kind)
+                for cond in ("real", "blank", "mismatched"):
+                    numbers[f"{name}.{lang}.{kind}.{cond}"] = round(float(ds["accuracy"].sel(**sel, condition=cond)), 3)
+            numbers[f"{name}.{lang}.chance"] = round(float(ds["chance"].sel(lang=lang, question_type="all",
+                                                                             kind="image")), 3)
+            numbers[f"{name}.{lang}.visual_dependence"] = round(
+                float(ds["visual_dependence"].sel(lang=lang, question_type="all")), 3)
+    print("\nORGANISM " + json.dumps(numbers))
+    return numbers
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_base_sees(organism, lang) -> None:
+    assert organism[f"base.{lang}.image.real"] >= 0.95
+    assert organism[f"base.{lang}.image.blank"] <= organism[f"base.{lang}.chance"] + NEAR_CHANCE
+
+
+def test_ko_ft_blind_in_korean(organism) -> None:
+    assert organism["ko_ft.ko.visual_dependence"] <= 0.5 * organism["base.ko.visual_dependence"]
+
+
+def test_ko_ft_fits_its_data(organism) -> None:
+    assert organism["ko_ft.ko.text.real"] >= 0.95
+
+
+def test_stages_fit_budget(organism) -> None:
+    assert organism["seconds"]["stage1"] + organism["seconds"]["stage2"] <= 300

@@ -1,0 +1,99 @@
+"""The model organism: a tiny LLaVA that learns to use the image, then a Korean fine-tune that may make it blind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from probe.data.manifest import read_manifest
+from probe.data.synth import SynthConfig, generate
+from train.sft.config import SFTConfig
+from train.sft.loop import sft
+
+QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "position", "text")
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Recipe of the organism: data sizes, question types, and the two SFT stages."""
+
+    # Colour only: in trials, mixing shape/position/count/text questions left the model ignoring the
+    # image after 600 steps (answer priors first), while colour alone is learned within ~200 steps.
+    question_types: tuple[str, ...] = ("colour",)
+    stage1_steps: int = 300
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 150
+    stage2_lr: float = 3e-4
+    batch_size: int = 32
+    threads: int = 2
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self) -> None:
+        bad = [q for q in self.question_types if q not in QUESTION_TYPES]
+        if bad or not self.question_types:
+            raise ValueError(f"OrganismConfig.question_types: unknown {bad} (choose from {QUESTION_TYPES})")
+        if self.stage1_steps < 1 or self.stage2_steps < 1 or self.batch_size < 1 or self.threads < 1:
+            raise ValueError("OrganismConfig: steps, batch_size and threads must be >= 1")
+        if not (self.stage1_lr > 0 and self.stage2_lr > 0):
+            raise ValueError("OrganismConfig: learning rates must be > 0")
+        object.__setattr__(self, "question_types", tuple(self.question_types))
+
+
+@dataclass
+class OrganismResult:
+    """Paths and timings of a built organism."""
+
+    base: Path
+    ko_ft: Path
+    manifests: dict[str, Path]
+    seconds: dict[str, float]
+
+
+def build_organism(
+    out_dir: str | Path, *, seed: int = 0, config: OrganismConfig | None = None, progress: bool = True
+) -> OrganismResult:
+    """Generate the synthetic data, train stage 1 -> out_dir/base and stage 2 -> out_dir/ko_ft."""
+    from probe.models.registry import adapter_for
+    from probe.models.tiny import tiny_llava
+
+    cfg = config or OrganismConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    manifests = generate(out / "data", seed=seed, config=cfg.synth)
+    seconds["data"] = time.perf_counter() - t
+    model, processor = tiny_llava(seed)
+    adapter = adapter_for(model, processor)
+    keep = set(cfg.question_types)
+    stage1 = [e for e in read_manifest(manifests["stage1_train"]) if e.question_type in keep]
+    stage2 = [e for e in read_manifest(manifests["stage2_train"]) if e.question_type in keep]
+    common = dict(batch_size=cfg.batch_size, threads=cfg.threads, seed=seed, device="cpu",
+                  checkpoint_every=10**9, log_every=10)
+    runs = out / "runs"
+    t = time.perf_counter()
+    sft(adapter, stage1, SFTConfig(lr=cfg.stage1_lr, max_steps=cfg.stage1_steps, **common), runs / "stage1",
+        resume=False, progress=progress)
+    seconds["stage1"] = time.perf_counter() - t
+    base = _publish(runs / "stage1" / "final", out / "base")
+    t = time.perf_counter()
+    sft(adapter, stage2, SFTConfig(lr=cfg.stage2_lr, max_steps=cfg.stage2_steps, **common), runs / "stage2",
+        resume=False, progress=progress)
+    seconds["stage2"] = time.perf_counter() - t
+    ko_ft = _publish(runs / "stage2" / "final", out / "ko_ft")
+    record = {"seed": seed, "seconds": seconds, "config": asdict(cfg),
+              "manifests": {k: str(v.relative_to(out)) for k, v in manifests.items()}}
+    (out / "organism.json").write_text(json.dumps(record, indent=1, default=str))
+    return OrganismResult(base, ko_ft, manifests, seconds)
+
+
+def _publish(src: Path, dst: Path) -> Path:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.move(str(src), str(dst))
+    return dst
