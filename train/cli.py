@@ -52,5 +52,19 @@ def organism_command(
     typer.echo(f"base: {result.base}\nko_ft: {result.ko_ft}\n({secs})")
 
 
+@app.command("quickstart")
+def quickstart_command(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="output folder (organism, stores, report.html)"),
+    seed: int = typer.Option(0, "--seed"),
+    capture_examples: int = typer.Option(400, "--capture-examples", help="image-dependent eval questions to capture"),
+) -> None:
+    """Organism quickstart: train base + Korean fine-tune, evaluate, capture both, write the comparison report."""
+    from train.quickstart import quickstart
+
+    result = quickstart(out, seed=seed, capture_examples=capture_examples)
+    secs = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+    typer.echo(f"report: {result.report}\nsummary: {result.summary}\n({secs})")
+
+
 if __name__ == "__main__":
     app()

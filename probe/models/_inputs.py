@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,64 @@ def assemble(
 def segments_from_ids(ids: Sequence[int], roles: dict[int, Segment]) -> list[int]:
     """Segment code of each prompt token: `roles` maps special token ids to segments, the rest is TEXT."""
     return [int(roles.get(int(t), Segment.TEXT)) for t in ids]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class Encoded:
+    """Per-example processor outputs of a batch, before padding."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    segments: list[list[int]] = field(default_factory=list)
+    answers: list[list[int]] = field(default_factory=list)
+    features: list[Any] = field(default_factory=list)  # each example's processor output (BatchFeature)
+
+
+def encode_examples(
+    processor: Any,
+    examples: Sequence[Example],
+    image_token_id: int,
+    *,
+    text: Callable[[Example], str],
+    segments: Callable[[list[int]], list[int]],
+    images: Callable[[Any], Any] = lambda image: [image],
+) -> Encoded:
+    """Run the family's processor on each (image, prompt) and tokenise its answer; one-line errors per example.
+
+    text: the prompt as the model sees it; segments: Segment codes of the prompt ids; images: the
+    processor's `images=` argument for one PIL image (families differ in nesting).
+    """
+    out = Encoded()
+    for ex in examples:
+        image = load_image(ex)
+        try:
+            enc = processor(images=images(image), text=[text(ex)], return_tensors="pt")
+        except ValueError as err:
+            raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
+        ids = enc["input_ids"][0].tolist()
+        if image_token_id not in ids:
+            raise BadExampleError(ex.id, "no image tokens after processing")
+        out.prompts.append(ids)
+        out.segments.append(segments(ids))
+        out.answers.append(answer_ids(processor.tokenizer, ex.answer))
+        out.features.append(enc)
+    return out
+
+
+def assemble_encoded(
+    examples: Sequence[Example], enc: Encoded, tokenizer: Any, padding_side: str, extra: dict[str, Any],
+    *, real_positions: bool = True,
+) -> ModelInputs:
+    """Pad an `Encoded` batch; with `real_positions`, position ids count real tokens only.
+
+    Counting real tokens only gives left and right padding the same RoPE phases (families whose
+    model derives positions itself, like Qwen2-VL's M-RoPE, pass False).
+    """
+    batch = assemble(examples, enc.prompts, enc.segments, enc.answers, pad_id(tokenizer), padding_side, extra)
+    if real_positions:
+        batch.inputs["position_ids"] = (batch.inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    return batch

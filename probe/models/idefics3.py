@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
-from probe.models._inputs import answer_ids, assemble, load_image, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -55,35 +55,17 @@ class Idefics3Adapter(ModelAdapter):
         return segs
 
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
-        tokenizer = self.processor.tokenizer
         placeholder = getattr(self.processor, "image_token", "<image>")
-        prompts, segments, answers, pixels, masks = [], [], [], [], []
-        for ex in examples:
-            image = load_image(ex)
-            text = prompt_text(self.processor, ex, placeholder)
-            try:
-                enc = self.processor(images=[[image]], text=[text], return_tensors="pt")
-            except ValueError as err:
-                raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
-            ids = enc["input_ids"][0].tolist()
-            if self.image_token_id not in ids:
-                raise BadExampleError(ex.id, "no image tokens after processing")
-            prompts.append(ids)
-            segments.append(self._segments(ids))
-            answers.append(answer_ids(tokenizer, ex.answer))
-            pixels.append(enc["pixel_values"])
-            if "pixel_attention_mask" in enc:
-                masks.append(enc["pixel_attention_mask"])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        enc = encode_examples(
+            self.processor, examples, self.image_token_id,
+            text=lambda ex: prompt_text(self.processor, ex, placeholder),
+            segments=self._segments, images=lambda image: [[image]],
+        )
         # tile counts differ with image splitting: all-zero padding tiles are dropped by the model
-        extra = {"pixel_values": _pad_tiles(pixels)}
-        if masks:
-            extra["pixel_attention_mask"] = _pad_tiles(masks)
-        batch = assemble(examples, prompts, segments, answers, pad, padding_side, extra)
-        mask = batch.inputs["attention_mask"]
-        # positions count real tokens only, so left and right padding give the same RoPE phases
-        batch.inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        return batch
+        extra = {"pixel_values": _pad_tiles([f["pixel_values"] for f in enc.features])}
+        if "pixel_attention_mask" in enc.features[0]:
+            extra["pixel_attention_mask"] = _pad_tiles([f["pixel_attention_mask"] for f in enc.features])
+        return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
 
 
 def _pad_tiles(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
-from probe.models._inputs import answer_ids, assemble, load_image, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -45,28 +45,12 @@ class InternVLAdapter(ModelAdapter):
         }
 
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
-        tokenizer = self.processor.tokenizer
-        placeholder = self.processor.image_token
         roles = self._roles()
-        prompts, segments, answers, pixels = [], [], [], []
-        for ex in examples:
-            image = load_image(ex)
-            text = prompt_text(self.processor, ex, placeholder)
-            try:
-                enc = self.processor(images=[image], text=[text], return_tensors="pt")
-            except ValueError as err:
-                raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
-            ids = enc["input_ids"][0].tolist()
-            if self.image_token_id not in ids:
-                raise BadExampleError(ex.id, "no image tokens after processing")
-            prompts.append(ids)
-            segments.append(segments_from_ids(ids, roles))
-            answers.append(answer_ids(tokenizer, ex.answer))
-            pixels.append(enc["pixel_values"])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        enc = encode_examples(
+            self.processor, examples, self.image_token_id,
+            text=lambda ex: prompt_text(self.processor, ex, self.processor.image_token),
+            segments=lambda ids: segments_from_ids(ids, roles),
+        )
         # tiles of all examples in order: the model scatters them into the image tokens row by row
-        batch = assemble(examples, prompts, segments, answers, pad, padding_side, {"pixel_values": torch.cat(pixels)})
-        mask = batch.inputs["attention_mask"]
-        # positions count real tokens only, so left and right padding give the same RoPE phases
-        batch.inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        return batch
+        extra = {"pixel_values": torch.cat([f["pixel_values"] for f in enc.features])}
+        return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)

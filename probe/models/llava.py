@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
-from probe.models._inputs import answer_ids, assemble, load_image, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -38,38 +38,16 @@ class LlavaAdapter(ModelAdapter):
         return int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
 
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
-        tokenizer = self.processor.tokenizer
         placeholder = getattr(self.processor, "image_token", "<image>")
-        prompts, segments, answers, pixels, sizes = [], [], [], [], []
-        for ex in examples:
-            image = load_image(ex)
-            text = prompt_text(self.processor, ex, placeholder)
-            try:
-                enc = self.processor(images=[image], text=[text], return_tensors="pt")
-            except ValueError as err:
-                raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
-            ids = enc["input_ids"][0].tolist()
-            n_image = sum(1 for t in ids if t == self.image_token_id)
-            if n_image == 0:
-                raise BadExampleError(ex.id, "no image tokens after processing")
-            prompts.append(ids)
-            segments.append(segments_from_ids(ids, {self.image_token_id: Segment.VISUAL}))
-            answers.append(answer_ids(tokenizer, ex.answer))
-            pixels.append(enc["pixel_values"])
-            if "image_sizes" in enc:
-                sizes.append(enc["image_sizes"])
-        extra = {"pixel_values": _cat_padded(pixels)}
-        if sizes:
-            extra["image_sizes"] = torch.cat(sizes)
-        batch = assemble(examples, prompts, segments, answers, _pad_id(tokenizer), padding_side, extra)
-        mask = batch.inputs["attention_mask"]
-        # positions count real tokens only, so left and right padding give the same RoPE phases
-        batch.inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        return batch
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        enc = encode_examples(
+            self.processor, examples, self.image_token_id,
+            text=lambda ex: prompt_text(self.processor, ex, placeholder),
+            segments=lambda ids: segments_from_ids(ids, {self.image_token_id: Segment.VISUAL}),
+        )
+        extra = {"pixel_values": _cat_padded([f["pixel_values"] for f in enc.features])}
+        if "image_sizes" in enc.features[0]:
+            extra["image_sizes"] = torch.cat([f["image_sizes"] for f in enc.features])
+        return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
 
 
 def _cat_padded(pixels: list[torch.Tensor]) -> torch.Tensor:

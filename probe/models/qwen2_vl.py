@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
-from probe.models._inputs import answer_ids, assemble, load_image, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -92,27 +92,12 @@ class Qwen2VLAdapter(ModelAdapter):
         return text
 
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
-        tokenizer = self.processor.tokenizer
         roles = self._roles()
-        prompts, segments, answers, pixels, grids = [], [], [], [], []
-        for ex in examples:
-            image = load_image(ex)
-            text = self._text(ex)
-            try:
-                enc = self.processor(images=[image], text=[text], return_tensors="pt")
-            except ValueError as err:
-                raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
-            ids = enc["input_ids"][0].tolist()
-            if self.image_token_id not in ids:
-                raise BadExampleError(ex.id, "no image tokens after processing")
-            prompts.append(ids)
-            segments.append(segments_from_ids(ids, roles))
-            answers.append(answer_ids(tokenizer, ex.answer))
-            pixels.append(enc["pixel_values"])
-            grids.append(enc["image_grid_thw"])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        extra = {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.cat(grids)}
-        batch = assemble(examples, prompts, segments, answers, pad, padding_side, extra)
+        enc = encode_examples(self.processor, examples, self.image_token_id, text=self._text,
+                              segments=lambda ids: segments_from_ids(ids, roles))
+        extra = {key: torch.cat([f[key] for f in enc.features]) for key in ("pixel_values", "image_grid_thw")}
+        # the model derives M-RoPE positions from input_ids, image_grid_thw and attention_mask
+        batch = assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra, real_positions=False)
         # M-RoPE needs to know which positions are image tokens (1) and which are text (0)
         batch.inputs["mm_token_type_ids"] = (batch.segments == int(Segment.VISUAL)).long()
         return batch

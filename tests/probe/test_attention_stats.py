@@ -272,3 +272,44 @@ def test_pass_through_and_uninstall(tiny_factory, batch_factory):
         rec.set_batch(segments, qpos[:1])
     with pytest.raises(ValueError, match="Segment codes"):
         rec.set_batch(segments.masked_fill(segments == 0, -1), qpos)
+
+
+ADAPTER_FAMILIES = ["llava", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl", "smolvlm", "smolvlm-split",
+                    "idefics3"]
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("family", ADAPTER_FAMILIES)
+def test_adapter_inputs_match_eager_every_family(tiny_models, family, padding):
+    """Through each family's own processor and adapter (batch 2, ragged): recorder shares == eager, 1e-5."""
+    import copy
+
+    import numpy as np
+    from PIL import Image
+
+    from probe.data.example import Example
+    from probe.models.registry import adapter_for
+    from probe.segments import last_prompt_index
+
+    adapter = adapter_for(*tiny_models[family])
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 48), (64, 30))]
+    examples = [Example("a", images[0], "What color is it?", answer="red"),
+                Example("b", images[1], "이 그림에 무엇이 보입니까?", lang="ko")]
+    batch = adapter.build_inputs(examples, padding)
+    qpos = last_prompt_index(batch.segments)[:, None]
+    layers = list(range(adapter.num_layers))
+    rec = AttentionRecorder(adapter.attention_modules, layers)
+    rec.set_batch(batch.segments, qpos)
+    with rec, torch.no_grad():
+        adapter.model(**batch.inputs)
+    eager_model = copy.deepcopy(adapter.model)
+    eager_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = eager_model(**batch.inputs, output_attentions=True)
+    for layer in layers:
+        attn = eager.attentions[layer]
+        torch.testing.assert_close(rec.results[layer].share.double(), oracle_shares(attn, batch.segments),
+                                   atol=ATOL, rtol=RTOL, equal_nan=True)
+        torch.testing.assert_close(rec.results[layer].rows.double(), oracle_rows(attn, qpos), atol=ATOL, rtol=RTOL,
+                                   equal_nan=True)
