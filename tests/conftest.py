@@ -123,3 +123,13 @@ def make_colour_manifest():
 @pytest.fixture(scope="session")
 def colour_manifest(tmp_path_factory) -> Path:
     return write_colour_manifest(tmp_path_factory.mktemp("colours"), 9)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the organism's measured numbers (recorded by tests/train/test_organism.py) so CI logs keep them."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
+    lines = [value for r in reports for name, value in getattr(r, "user_properties", []) if name == "organism"]
+    if lines:
+        terminalreporter.section("model organism numbers")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -15,8 +15,9 @@ from probe.report import compare
 from train.organism import OrganismConfig, build_organism
 
 # what the report needs: shares and rows for collapse/sinks, keys for key-space OOD, residuals
-# (last prompt token, pooled per segment, every token) for probes, MIR and sinks, projector and vision outputs
-QUICKSTART_SPEC = CaptureSpec(keys=True, resid=("query", "pooled", "tokens"), projector=True, vision=True,
+# (last prompt token, pooled per segment, every token) for probes, MIR and sinks, projector and vision outputs,
+# the vocabulary embeddings for drift relative to the decoder's embedding space
+QUICKSTART_SPEC = CaptureSpec(keys=True, resid=("query", "pooled", "tokens"), projector=True, vision=True, vocab=True,
                               dtype="float32", batch_size=32)
 
 

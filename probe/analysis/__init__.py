@@ -13,7 +13,7 @@ from probe.analysis.cka import (
     rbf_cka,
     streaming_linear_cka,
 )
-from probe.analysis.drift import projector_drift, script_of, vocab_neighbours
+from probe.analysis.drift import projector_drift, script_of, vocab_drift, vocab_neighbours
 from probe.analysis.keyspace import KeyspaceConfig, compare_keyspace, keyspace_ood, ood_scores
 from probe.analysis.mir import frechet_distance, modality_integration_rate
 from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores
@@ -28,5 +28,5 @@ __all__ = [
     "hsic_unbiased", "keyspace_ood", "linear_cka", "linear_probes", "minibatch_cka", "modality_integration_rate",
     "ood_scores", "pooled_cka", "projector_drift", "rbf_cka", "rbf_mmd2", "script_of", "share_change", "sink_collapse",
     "sink_mask", "sink_shares", "sink_summary", "streaming_linear_cka", "top_changed_heads", "visual_share",
-    "vocab_neighbours",
+    "vocab_drift", "vocab_neighbours",
 ]

@@ -33,15 +33,23 @@ def as_dataset(obj: Any) -> xr.Dataset:
     raise TypeError(f"expected an xr.Dataset, a TraceStore or a path, got {type(obj).__name__}")
 
 
-def open_eval(obj: Any) -> xr.Dataset | None:
-    """The behavioural `eval` group stored inside a store path (or TraceStore), or None."""
+def open_group(obj: Any, group: str) -> xr.Dataset | None:
+    """A named zarr group stored inside a store path (or TraceStore), e.g. 'eval' or 'vocab', or None.
+
+    An in-memory Dataset may carry the group as `attrs[group]` instead.
+    """
     if hasattr(obj, "path") and not isinstance(obj, (str, Path)):
         obj = obj.path
-    if isinstance(obj, (str, Path)) and (Path(obj) / "eval").exists():
-        return xr.open_zarr(Path(obj), group="eval", consolidated=False)
-    if isinstance(obj, xr.Dataset) and isinstance(obj.attrs.get("eval"), xr.Dataset):
-        return obj.attrs["eval"]
+    if isinstance(obj, (str, Path)) and (Path(obj) / group).exists():
+        return xr.open_zarr(Path(obj), group=group, consolidated=False)
+    if isinstance(obj, xr.Dataset) and isinstance(obj.attrs.get(group), xr.Dataset):
+        return obj.attrs[group]
     return None
+
+
+def open_eval(obj: Any) -> xr.Dataset | None:
+    """The behavioural `eval` group stored inside a store path (or TraceStore), or None."""
+    return open_group(obj, "eval")
 
 
 def require(ds: xr.Dataset, *names: str, where: str) -> None:

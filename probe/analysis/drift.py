@@ -103,3 +103,55 @@ def vocab_neighbours(tokens: np.ndarray, embeddings: np.ndarray, vocab: list[str
         {"neighbour": (("token", "rank"), ids), "similarity": (("token", "rank"), sims), "script_share": ("script", share)},
         coords={"script": names},
     )
+
+
+def _projected_tokens(ds: xr.Dataset, examples: np.ndarray, max_tokens: int, seed: int) -> np.ndarray:
+    """Up to `max_tokens` projector-output rows [n, feature] (float64) of `examples`, one fixed random subset."""
+    x = ds["projector_out"].sel(example=examples)
+    n_tok = ds["n_vtoken"].sel(example=examples).values if "n_vtoken" in ds else None
+    rows = []
+    for sl in example_chunks(x.to_dataset()):
+        block = x.isel(example=sl).values
+        for j, i in enumerate(range(sl.start, sl.stop)):
+            n = int(n_tok[i]) if n_tok is not None else int(np.isfinite(block[j]).all(1).sum())
+            rows.append(_valid_tokens(block[j], n))
+    tokens = np.concatenate(rows) if rows else np.empty((0, x.shape[-1]))
+    if len(tokens) > max_tokens:
+        tokens = tokens[np.sort(np.random.default_rng(seed).choice(len(tokens), max_tokens, replace=False))]
+    return tokens
+
+
+def vocab_drift(before: object, after: object, *, k: int = 5, max_tokens: int = 4000, seed: int = 0) -> xr.Dataset:
+    """Projected visual tokens relative to the decoder's vocabulary embeddings, before vs after.
+
+    Needs each store's 'vocab' group (CaptureSpec(vocab=True)). Over the same token subset of the shared
+    examples (each store's own embedding matrix): the share of the k nearest vocabulary embeddings
+    (cosine) that decode to Hangul / Latin / other script [store, script], the mean cosine to the
+    nearest embedding [store] (how close visual tokens sit to any word), and the fraction of tokens
+    whose nearest vocabulary id changed (scalar `top1_changed`).
+    """
+    from probe.analysis._io import open_group
+
+    groups = {name: open_group(obj, "vocab") for name, obj in (("before", before), ("after", after))}
+    missing = [name for name, g in groups.items() if g is None]
+    if missing:
+        raise KeyError(f"vocab_drift: store(s) {missing} lack the 'vocab' group (capture with CaptureSpec(vocab=True))")
+    b, a = as_dataset(before), as_dataset(after)
+    for ds, name in ((b, "before"), (a, "after")):
+        require(ds, "projector_out", where=f"vocab_drift ({name})")
+    shared = np.intersect1d(to_str(b["example"].values), to_str(a["example"].values))
+    if len(shared) == 0:
+        raise ValueError("vocab_drift: the stores share no example id")
+    shares, nearest, top1 = [], [], []
+    for ds, g in ((b, groups["before"]), (a, groups["after"])):
+        tokens = _projected_tokens(ds, shared, max_tokens, seed)
+        nb = vocab_neighbours(tokens, g["embedding"].values, list(to_str(g["token"].values)), k=k)
+        shares.append(nb["script_share"].values)
+        nearest.append(float(nb["similarity"].values[:, 0].mean()))
+        top1.append(nb["neighbour"].values[:, 0])
+    return xr.Dataset(
+        {"script_share": (("store", "script"), np.array(shares)), "nearest_similarity": ("store", nearest),
+         "top1_changed": float(np.mean(top1[0] != top1[1]))},
+        coords={"store": ["before", "after"], "script": ["hangul", "latin", "other"]},
+        attrs={"k": k, "n_tokens": int(len(top1[0]))},
+    )

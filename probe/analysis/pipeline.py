@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, has, open_eval
+from probe.analysis._io import as_dataset, has, open_eval, open_group
 from probe.analysis.attention import attention_collapse, share_change, top_changed_heads
 from probe.analysis.cka import CKAMemoryError, cka_matrix, pooled_cka
-from probe.analysis.drift import projector_drift
+from probe.analysis.drift import projector_drift, vocab_drift
 from probe.analysis.keyspace import KeyspaceConfig, compare_keyspace, keyspace_ood
 from probe.analysis.mir import modality_integration_rate
 from probe.analysis.probes import ProbeConfig, compare_probes, label_names, linear_probes
@@ -118,6 +118,11 @@ def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisCon
     else:
         out["probes"] = Skipped("linear probes: skipped, stores lack label_* coordinates")
     out["drift"] = _run("projector drift", ["projector_out"], s, lambda: projector_drift(b, a))
+    if open_group(before, "vocab") is not None and open_group(after, "vocab") is not None:
+        out["vocab_drift"] = _run("projector drift vs vocabulary", ["projector_out"], s, lambda: vocab_drift(before, after))
+    else:
+        out["vocab_drift"] = Skipped("projector drift vs vocabulary: skipped, stores lack the 'vocab' group "
+                                     "(capture with CaptureSpec(vocab=True))")
     out["mir"] = _run("modality integration rate", ["hook_resid_post_tokens", "segment_ids"], s, lambda: _mir_pair(b, a))
     out["cka"] = _run("CKA before vs after", ["hook_resid_post"], s, lambda: cka_matrix(b, a, site="last_prompt"))
     out["projector_vision_cka"] = _run(

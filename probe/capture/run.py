@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
+from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
 from probe.data.manifest import read_manifest
 from probe.models.base import BadExampleError, ModelAdapter
@@ -174,10 +175,14 @@ def capture(
         bar.update(len(batch_examples))
     bar.close()
     if writer is None:  # everything was already captured
-        return TraceStore.open(out)
-    for example_id, reason in checked.skipped:
-        writer.record_skipped(example_id, reason)
-    return writer.close()
+        store = TraceStore.open(out)
+    else:
+        for example_id, reason in checked.skipped:
+            writer.record_skipped(example_id, reason)
+        store = writer.close()
+    if spec.vocab and not (out / VOCAB_GROUP).exists():
+        write_vocab(adapter, out, spec.dtype)
+    return store
 
 
 @torch.inference_mode()

@@ -29,6 +29,7 @@ class CaptureSpec:
     resid_layers: tuple[int, ...] | None = None
     projector: bool = True
     vision: bool = False
+    vocab: bool = False  # the decoder's input embeddings + decoded vocabulary, once per store (group 'vocab')
     dtype: str = "float16"
     blockwise_above: int = 1024  # sequences longer than this never hold a T×T tensor per layer
     block_size: int = 256

@@ -121,6 +121,17 @@ def drift_hist(drift: xr.Dataset) -> go.Figure:
     return fig
 
 
+def vocab_script_bars(v: xr.Dataset) -> go.Figure:
+    """Share of visual tokens' nearest vocabulary neighbours by script, before vs after."""
+    fig = go.Figure()
+    for st in v["store"].values:
+        fig.add_trace(go.Bar(x=list(v["script"].values), y=v["script_share"].sel(store=st).values, name=str(st),
+                             marker_color=_COL.get(str(st), "#444")))
+    fig.update_layout(title="Nearest vocabulary neighbours of visual tokens, by script", barmode="group",
+                      yaxis_title="share of neighbours", yaxis_range=[0, 1])
+    return fig
+
+
 def mir_lines(mir: xr.DataArray) -> go.Figure:
     """Per-layer modality integration rate (lower = better integrated)."""
     fig = go.Figure()

@@ -107,6 +107,12 @@ def compare(
     else:
         summary["readings"]["drift"] = S.reading_drift(d, config.bootstrap)
         page.section("Projector drift", summary["readings"]["drift"], F.drift_hist(d))
+    v = res["vocab_drift"]
+    if isinstance(v, Skipped):
+        page.skip("Projector drift relative to the vocabulary", v)
+    else:
+        summary["readings"]["vocab_drift"] = S.reading_vocab_drift(v)
+        page.section("Projector drift relative to the vocabulary", summary["readings"]["vocab_drift"], F.vocab_script_bars(v))
     m = res["cka"]
     if isinstance(m, Skipped):
         page.skip("CKA before vs after", m)

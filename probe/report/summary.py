@@ -99,6 +99,17 @@ def reading_drift(d: xr.Dataset, config: BootstrapConfig) -> str:
     return "projector output base vs fine-tuned: " + ", ".join(out) + f", MMD² {float(d['mmd2']):.4f}"
 
 
+def reading_vocab_drift(v: xr.Dataset) -> str:
+    """Script shares of nearest vocabulary neighbours and nearest-embedding cosine, before → after."""
+    sh = v["script_share"]
+    parts = [f"{sc} {float(sh.sel(store='before', script=sc)) * 100:.1f}% → {float(sh.sel(store='after', script=sc)) * 100:.1f}%"
+             for sc in ("hangul", "latin")]
+    near = v["nearest_similarity"]
+    return (f"nearest vocabulary embeddings of visual tokens (top {v.attrs['k']}, {v.attrs['n_tokens']} tokens): "
+            + ", ".join(parts) + f"; cosine to nearest {float(near.sel(store='before')):.3f} → "
+            f"{float(near.sel(store='after')):.3f}; nearest id changed for {float(v['top1_changed']) * 100:.1f}% of tokens")
+
+
 def reading_mir(mir: xr.DataArray) -> str:
     """Overall MIR before → after."""
     return f"overall MIR (log10 Σ layers; lower = better integrated) {mir.attrs['overall_before']:.3f} → {mir.attrs['overall_after']:.3f}"

@@ -187,8 +187,8 @@ def open_store(path: str | os.PathLike) -> TraceStore:
     return TraceStore.open(path)
 
 
-# Capture-spec fields that change how a pass runs but not what is stored.
-_RUNTIME_SPEC_FIELDS = ("batch_size", "padding_side", "blockwise_above", "block_size")
+# Capture-spec fields that change how a pass runs (or what is stored once per store) but not per-example variables.
+_RUNTIME_SPEC_FIELDS = ("batch_size", "padding_side", "blockwise_above", "block_size", "vocab")
 
 
 def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -222,3 +223,23 @@ def test_sigkill_mid_capture_then_resume_equals_uninterrupted(tiny_llava_dir, ma
     a, b = TraceStore.open(killed), TraceStore.open(whole)
     assert a.example_ids == b.example_ids and len(a.example_ids) == 48
     xr.testing.assert_identical(a.dataset.drop_attrs(), b.dataset.drop_attrs())
+
+
+def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, tmp_path):
+    from probe.analysis._io import open_group
+    from probe.analysis.drift import vocab_drift
+
+    spec = CaptureSpec(vocab=True, dtype="float32", attn_pattern=False)
+    path = tmp_path / "v.zarr"
+    st = capture(tiny_llava_adapter, examples[:3], path, spec, progress=False)
+    vocab = open_group(st, "vocab")
+    weight = tiny_llava_adapter.input_embeddings.weight.detach().numpy()
+    np.testing.assert_array_equal(vocab["embedding"].values, weight)
+    tok = tiny_llava_adapter.processor.tokenizer
+    assert str(vocab["token"].values[tok.convert_tokens_to_ids("<image>")]) == "<image>"
+    same = vocab_drift(st, st)
+    assert float(same["top1_changed"]) == 0.0
+    np.testing.assert_array_equal(same["script_share"].sel(store="before"), same["script_share"].sel(store="after"))
+    # a store without the group is still comparable with one that has it
+    plain = capture(tiny_llava_adapter, examples[:3], tmp_path / "p.zarr", replace(spec, vocab=False), progress=False)
+    st.check_comparable(plain)

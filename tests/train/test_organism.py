@@ -58,5 +58,6 @@ def test_ko_ft_fits_its_data(organism) -> None:
     assert organism["ko_ft.ko.text.real"] >= 0.95
 
 
-def test_stages_fit_budget(organism) -> None:
+def test_stages_fit_budget(organism, record_property) -> None:
+    record_property("organism", json.dumps(organism))  # printed in the run's summary (tests/conftest.py)
     assert organism["seconds"]["stage1"] + organism["seconds"]["stage2"] <= 300

@@ -131,8 +131,16 @@ def make_eval(ds: xr.Dataset, after: bool) -> xr.Dataset:
     )
 
 
-def write_store(path: Path, ds: xr.Dataset, chunk: int = 10, eval_ds: xr.Dataset | None = None) -> Path:
-    """Write ds to a zarr v3 store chunked along example (plus an optional eval group)."""
+def make_vocab(ds: xr.Dataset) -> xr.Dataset:
+    """A 6-word vocabulary (Latin, Hangul, other) with random embeddings in the projector's feature space."""
+    rng = np.random.default_rng(7)
+    emb = rng.normal(size=(6, ds.sizes["feature"]))
+    return xr.Dataset({"embedding": (("vocab", "feature"), emb), "token": ("vocab", ["cat", "dog", "하늘", "바다", "7", "."])})
+
+
+def write_store(path: Path, ds: xr.Dataset, chunk: int = 10, eval_ds: xr.Dataset | None = None,
+                vocab: xr.Dataset | None = None) -> Path:
+    """Write ds to a zarr v3 store chunked along example (plus optional eval and vocab groups)."""
     enc = {}
     for name, var in ds.data_vars.items():
         enc[name] = {"chunks": tuple(chunk if d == "example" else s for d, s in zip(var.dims, var.shape))}
@@ -141,6 +149,8 @@ def write_store(path: Path, ds: xr.Dataset, chunk: int = 10, eval_ds: xr.Dataset
         ds.to_zarr(path, mode="w", encoding=enc, consolidated=False, zarr_format=3)
         if eval_ds is not None:
             eval_ds.to_zarr(path, group="eval", mode="w", consolidated=False, zarr_format=3)
+        if vocab is not None:
+            vocab.to_zarr(path, group="vocab", mode="w", consolidated=False, zarr_format=3)
     return path
 
 
@@ -154,8 +164,8 @@ def store_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Paths of a before / after store pair (40 examples, chunks of 10) with eval groups."""
     root = tmp_path_factory.mktemp("stores")
     b, a = make_dataset(after=False), make_dataset(after=True)
-    pb = write_store(root / "before.zarr", b, eval_ds=make_eval(b, False))
-    pa = write_store(root / "after.zarr", a, eval_ds=make_eval(a, True))
+    pb = write_store(root / "before.zarr", b, eval_ds=make_eval(b, False), vocab=make_vocab(b))
+    pa = write_store(root / "after.zarr", a, eval_ds=make_eval(a, True), vocab=make_vocab(a))
     return pb, pa
 
 

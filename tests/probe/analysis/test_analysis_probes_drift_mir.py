@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from conftest import make_dataset
 
-from probe.analysis.drift import projector_drift, script_of, vocab_neighbours
+from probe.analysis.drift import projector_drift, script_of, vocab_drift, vocab_neighbours
 from probe.analysis.mir import _mir_arrays, frechet_distance, modality_integration_rate
 from probe.analysis.probes import ProbeConfig, compare_probes
 from probe.segments import Segment
@@ -47,6 +47,27 @@ def test_vocab_neighbours_hand_case() -> None:
     assert [script_of(t) for t in ("Ġ가", "▁the", "42", "Я")] == ["hangul", "latin", "other", "other"]
     with pytest.raises(ValueError, match="vocabulary strings"):
         vocab_neighbours(np.ones((1, 2)), emb, vocab[:2])
+
+
+def test_vocab_drift_hand_case() -> None:
+    """Visual tokens sitting exactly on Latin words before and on Hangul words after (k=1)."""
+    emb = np.eye(4) * np.array([[1.0], [2.0], [3.0], [4.0]])
+    vocab = xr.Dataset({"embedding": (("vocab", "feature"), emb), "token": ("vocab", ["cat", "dog", "하늘", "7"])})
+
+    def store(rows: list[list[int]]) -> xr.Dataset:
+        tokens = np.stack([emb[r] * 5.0 for r in rows])  # scaled: cosine ignores scale
+        return xr.Dataset({"projector_out": (("example", "vtoken", "feature"), tokens),
+                           "n_vtoken": ("example", [len(r) for r in rows])},
+                          coords={"example": [f"e{i}" for i in range(len(rows))]}, attrs={"vocab": vocab})
+
+    v = vocab_drift(store([[0, 1], [1, 3]]), store([[2, 2], [2, 3]]), k=1)
+    # before: cat, dog, dog, 7 -> latin 3/4, other 1/4; after: 하늘 x3, 7 -> hangul 3/4, other 1/4
+    np.testing.assert_allclose(v["script_share"].sel(store="before").values, [0.0, 0.75, 0.25])
+    np.testing.assert_allclose(v["script_share"].sel(store="after").values, [0.75, 0.0, 0.25])
+    np.testing.assert_allclose(v["nearest_similarity"].values, [1.0, 1.0], atol=1e-12)
+    assert float(v["top1_changed"]) == 0.75
+    with pytest.raises(KeyError, match="vocab"):
+        vocab_drift(store([[0]]).assign_attrs(vocab=None), store([[0]]))
 
 
 def test_frechet_hand_cases() -> None:

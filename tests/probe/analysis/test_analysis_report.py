@@ -23,6 +23,7 @@ def test_compare_writes_offline_html_and_json(store_pair, tmp_path) -> None:
     assert loaded["readings"] == summary["readings"]
     assert loaded["eval"]["after"]["correct"]["real"] < loaded["eval"]["before"]["correct"]["real"]
     assert loaded["skipped"] == ["CKA projector vs vision tower: skipped, store lacks vision_out"]
+    assert re.match(r"nearest vocabulary embeddings of visual tokens \(top 5, \d+ tokens\): hangul", loaded["readings"]["vocab_drift"])
     band = loaded["results"]["collapse_band"]["last_prompt"]
     assert band["layers"] == [2, 3] and band["rel_low"] <= band["rel_change"] <= band["rel_high"]
 
