@@ -137,12 +137,13 @@ def main() -> None:
             print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} layers=8 d=512 visual={N_VISUAL}")
     print(f"{'T':>6} {'bare s':>8} {'capture s':>10} {'eager s':>8} {'(b)/(a) time':>13} {'(c)/(a) time':>13} "
-          f"{'bare MiB':>9} {'capture MiB':>12} {'eager MiB':>10}")
+          f"{'bare MiB':>9} {'capture MiB':>12} {'eager MiB':>10} {'(b)/(a) mem':>12} {'(c)/(a) mem':>12}")
     for seq_len in args.lengths:
         a, b, c = (rows[(m, seq_len)] for m in ("bare", "capture", "eager"))
         print(f"{seq_len:>6} {a['seconds']:>8.3f} {b['seconds']:>10.3f} {c['seconds']:>8.3f} "
               f"{b['seconds'] / a['seconds']:>13.2f} {c['seconds'] / a['seconds']:>13.2f} "
-              f"{a['peak_mib']:>9.0f} {b['peak_mib']:>12.0f} {c['peak_mib']:>10.0f}")
+              f"{a['peak_mib']:>9.0f} {b['peak_mib']:>12.0f} {c['peak_mib']:>10.0f} "
+              f"{b['peak_mib'] / max(a['peak_mib'], 1):>12.2f} {c['peak_mib'] / max(a['peak_mib'], 1):>12.2f}")
     first, last = args.lengths[0], args.lengths[-1]
     for m in ("capture", "eager"):
         g_t = rows[(m, last)]["seconds"] / rows[(m, first)]["seconds"]

@@ -29,6 +29,9 @@ def _tiny_builders() -> dict[str, Callable[[], tuple[Any, Any]]]:
         "qwen2_5_vl": tiny.tiny_qwen2_5_vl,
         "smolvlm": tiny.tiny_smolvlm,
         "idefics3": lambda: tiny.tiny_smolvlm(family="idefics3"),
+        # anyres: a base tile plus a tile grid, a different number per example (LLaVA-1.6 / VARCO-VISION-2.0 layout)
+        "llava_next": tiny.tiny_llava_next,
+        "llava_onevision": tiny.tiny_llava_onevision,
         # several tiles per image, a different number per example
         "internvl-tiled": lambda: tiny.tiny_internvl(max_tiles=4),
         "smolvlm-split": lambda: tiny.tiny_smolvlm(image_splitting=True),

@@ -1,15 +1,22 @@
-"""LLaVA family: LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision (VARCO-VISION-2.0) share this adapter."""
+"""LLaVA family: LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision (VARCO-VISION-2.0) share this adapter.
+
+LLaVA-NeXT and LLaVA-OneVision ("anyres") cut an image into a base tile plus a grid of tiles. The `<image>` run
+holds the base tile's patches, then the unpadded grid's patches row by row (bilinearly shrunk first by OneVision's
+`vision_aspect_ratio` when large), each row closed by the learned `image_newline` embedding. The newline positions
+carry an image-token id but no image content: they are IMAGE_SEP, the patch positions VISUAL.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -47,7 +54,32 @@ class LlavaAdapter(ModelAdapter):
         extra = {"pixel_values": _cat_padded([f["pixel_values"] for f in enc.features])}
         if "image_sizes" in enc.features[0]:
             extra["image_sizes"] = torch.cat([f["image_sizes"] for f in enc.features])
+        if getattr(self.model.config, "image_grid_pinpoints", None):  # anyres: LLaVA-NeXT, LLaVA-OneVision
+            for ex, ids, segs, feature in zip(examples, enc.prompts, enc.segments, enc.features):
+                for i in self._newline_positions(ex, ids, feature):
+                    segs[i] = int(Segment.IMAGE_SEP)
         return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
+
+    def _newline_positions(self, example: Example, ids: list[int], feature: Any) -> list[int]:
+        """Prompt positions of an anyres image's `image_newline` embeddings (one closing each row of the tile grid).
+
+        The grid's size after unpadding (and OneVision's shrinking) is the processor's own count, so the layout
+        always agrees with the number of `<image>` tokens it emitted.
+        """
+        from transformers.image_processing_utils import select_best_resolution
+
+        span = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        height, width = (int(v) for v in feature["image_sizes"][0])
+        tile = int(feature["pixel_values"].shape[-1])
+        best_h, best_w = select_best_resolution([height, width], self.processor.image_processor.image_grid_pinpoints)
+        vision = self.model.config.vision_config
+        patches = vision.image_size // vision.patch_size
+        n_grid, rows = self.processor._get_unpadded_features(height, width, patches, patches, best_h // tile, best_w // tile)
+        cols, uneven = divmod(n_grid, rows)
+        base = len(span) - rows * (cols + 1)
+        if uneven or base <= 0 or span[-1] - span[0] + 1 != len(span):
+            raise BadExampleError(example.id, f"{len(span)} image tokens do not fit a {rows}x{cols} anyres grid")
+        return [span[base + r * (cols + 1) + cols] for r in range(rows)]
 
 
 def _cat_padded(pixels: list[torch.Tensor]) -> torch.Tensor:

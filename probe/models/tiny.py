@@ -286,3 +286,75 @@ def tiny_smolvlm(
         image_processor = tf.Idefics3ImageProcessorPil(**ip_kwargs)
         processor = tf.Idefics3Processor(image_processor, tokenizer, image_seq_len=image_seq_len)
     return model, processor
+
+
+def _anyres_pinpoints(image_size: int, grids: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Grid pinpoints [height, width] in pixels for tile grids given as (rows, cols) of image_size tiles."""
+    return [[rows * image_size, cols * image_size] for rows, cols in grids]
+
+
+def _tiny_anyres(
+    family: str, seed: int, *, image_size: int, patch_size: int, text_layers: int, text_dim: int, heads: int, kv_heads: int,
+    max_positions: int, vision_aspect_ratio: str = "anyres_max_9",
+):
+    """LLaVA-NeXT (family "llava_next") or LLaVA-OneVision ("llava_onevision") with image_size tiles; see the builders below."""
+    import transformers as tf
+
+    onevision = family == "llava_onevision"
+    tokenizer = build_byte_tokenizer(("<image>", "<video>") if onevision else ("<image>",))
+    text = _text_kwargs(tokenizer, layers=text_layers, dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    shared = dict(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
+    if onevision:  # every grid up to 3x3 (the real model: up to 6x6); SigLIP has no CLS token
+        pinpoints = _anyres_pinpoints(image_size, [(rows, cols) for rows in (1, 2, 3) for cols in (1, 2, 3)])
+        config = tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(**vision), text_config=tf.Qwen3Config(**text, head_dim=text_dim // heads),
+            video_token_id=tokenizer.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+            vision_aspect_ratio=vision_aspect_ratio, vision_feature_select_strategy="full", **shared,
+        )
+        cls = tf.LlavaOnevisionForConditionalGeneration
+    else:  # LLaVA-1.6's grids; CLIP's CLS token is dropped ("default")
+        pinpoints = _anyres_pinpoints(image_size, [(1, 2), (2, 1), (2, 2), (3, 1), (1, 3)])
+        config = tf.LlavaNextConfig(
+            vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text), image_grid_pinpoints=pinpoints,
+            vision_feature_select_strategy="default", **shared,
+        )
+        cls = tf.LlavaNextForConditionalGeneration
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    if onevision:
+        image_processor = tf.LlavaOnevisionImageProcessorPil(size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints)
+        with _allow_missing_video_processor():
+            processor = tf.LlavaOnevisionProcessor(
+                image_processor=image_processor, tokenizer=tokenizer, video_processor=_video_processor("LlavaOnevisionVideoProcessor"),
+                num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full",
+                vision_aspect_ratio=vision_aspect_ratio,
+            )
+    else:
+        image_processor = tf.LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints,
+        )
+        processor = tf.LlavaNextProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        )
+    return model, processor
+
+
+def tiny_llava_next(seed: int = 0, *, image_size: int = 16, patch_size: int = 4, text_layers: int = 2, text_dim: int = 64, heads: int = 4, kv_heads: int = 2, max_positions: int = 512):
+    """A random-weight LlavaNextForConditionalGeneration (CLIP + Llama, anyres tiles) and its LlavaNextProcessor.
+
+    An image becomes a base tile plus image_size tiles on LLaVA-1.6's grids (1x2, 2x1, 2x2, 3x1, 1x3); the decoder
+    sees the base tile's patches, then the unpadded grid's patches row by row, each row closed by `image_newline`.
+    """
+    return _tiny_anyres("llava_next", seed, image_size=image_size, patch_size=patch_size, text_layers=text_layers, text_dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions)
+
+
+def tiny_llava_onevision(seed: int = 0, *, image_size: int = 16, patch_size: int = 4, text_layers: int = 2, text_dim: int = 64, heads: int = 4, kv_heads: int = 2, max_positions: int = 512, vision_aspect_ratio: str = "anyres_max_4"):
+    """A random-weight LlavaOnevisionForConditionalGeneration (SigLIP + Qwen3, as VARCO-VISION-2.0) and its LlavaOnevisionProcessor.
+
+    Tiles as LLaVA-NeXT, on every grid up to 3x3; `vision_aspect_ratio` "anyres_max_N" shrinks (bilinear) the
+    grid features of an image spanning more than about N tiles, so with N=4 some images shrink and others not.
+    """
+    return _tiny_anyres("llava_onevision", seed, image_size=image_size, patch_size=patch_size, text_layers=text_layers, text_dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions, vision_aspect_ratio=vision_aspect_ratio)

@@ -18,14 +18,26 @@ from probe.segments import Segment
 
 # the keys of the session fixture `tiny_models` (tests/conftest.py); tiled variants get several tiles per image
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
-            "idefics3-split"]
+            "idefics3-split", "llava_next", "llava_onevision"]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-MARKERS = set(FAMILIES) - {"llava"}  # families with image start/end tokens
+# anyres: a base tile plus a tile grid whose rows each end in the learned image_newline, on an <image> token
+ANYRES = {"llava_next", "llava_onevision"}
+MARKERS = set(FAMILIES) - {"llava"} - ANYRES  # families with image start/end tokens
 
 
 def _image(h: int, w: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _assert_image_tokens_labelled(family: str, ids: torch.Tensor, seg: torch.Tensor, image_token_id: int) -> None:
+    """VISUAL exactly at the image tokens, but for anyres image_newline positions (image-token ids, IMAGE_SEP)."""
+    image = ids == image_token_id
+    if family in ANYRES:
+        newline = seg == Segment.IMAGE_SEP
+        assert (newline <= image).all() and (newline.sum(1) > 1).all()  # one per grid row
+        image = image & ~newline
+    assert torch.equal(seg == Segment.VISUAL, image)
 
 
 def test_families_cover_tiny_models(tiny_models):
@@ -62,7 +74,7 @@ def test_segments_and_labels(adapters, family, padding_side):
     batch = adapter.build_inputs(examples, padding_side)
     ids, mask, seg = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.segments
     assert seg.shape == ids.shape and batch.example_ids == ["en-1", "ko-1"]
-    assert torch.equal(seg == Segment.VISUAL, ids == adapter.image_token_id)
+    _assert_image_tokens_labelled(family, ids, seg, adapter.image_token_id)
     assert torch.equal(seg == Segment.PAD, mask == 0)
     assert (mask == 0).any(), "the two rows should need padding"
     pad_at = 0 if padding_side == "left" else -1
@@ -136,7 +148,7 @@ def test_model_reloads_with_auto_class(adapters, family, tmp_path):
         torch.testing.assert_close(model(**batch.inputs).logits, adapter.model(**batch.inputs).logits, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["internvl-tiled", "smolvlm-split", "idefics3-split"])
+@pytest.mark.parametrize("family", ["internvl-tiled", "smolvlm-split", "idefics3-split", *sorted(ANYRES)])
 def test_tiles_differ_between_examples(adapters, family):
     adapter = adapters(family)
     batch = adapter.build_inputs(_examples(adapter))
@@ -151,6 +163,9 @@ def test_tiles_differ_between_examples(adapters, family):
         ]
         # one tile tag per tile: visual tokens = (tiles + global image) * image_seq_len
         assert visual.tolist() == [(n + 1) * adapter.processor.image_seq_len for n in n_tags]
+    if family in ANYRES:  # pixel_values [batch, tiles, C, H, W], zero-padded to the most tiles
+        tiles = [adapter.build_inputs([ex]).inputs["pixel_values"].shape[1] for ex in _examples(adapter)]
+        assert tiles[0] != tiles[1] and min(tiles) > 2 and batch.inputs["pixel_values"].shape[1] == max(tiles)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
@@ -178,6 +193,8 @@ CHAT_IMAGE = {
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "smolvlm": "<image>",
     "idefics3": "<image>",
+    "llava_next": "<image>",
+    "llava_onevision": "<image>",
 }
 
 
@@ -194,7 +211,7 @@ def test_chat_template_path(adapters, family):
     examples = _examples(adapter)
     batch = adapter.build_inputs(examples, "right")
     ids, seg = batch.inputs["input_ids"], batch.segments
-    assert torch.equal(seg == Segment.VISUAL, ids == adapter.image_token_id)
+    _assert_image_tokens_labelled(family, ids, seg, adapter.image_token_id)
     text = processor.tokenizer.decode(ids[1][seg[1] == Segment.TEXT])
     # the placeholder the Korean prompt carried is replaced by the template's single image
     assert text.startswith("<|user|>") and text.endswith("<|assistant|>")
@@ -240,7 +257,8 @@ def test_visual_tokens_are_the_projector_outputs(adapters, family):
     adapter = adapters(family)
     batch = adapter.build_inputs(_examples(adapter), "right")
     n = adapter.n_visual_tokens(batch.segments)
-    assert n.tolist() == (batch.inputs["input_ids"] == adapter.image_token_id).sum(1).tolist()
+    if family not in ANYRES:
+        assert n.tolist() == (batch.inputs["input_ids"] == adapter.image_token_id).sum(1).tolist()
     seen, fed = [], {}
 
     def first_layer_input(module, args, kwargs):
@@ -257,6 +275,9 @@ def test_visual_tokens_are_the_projector_outputs(adapters, family):
         for h in hooks:
             h.remove()
     out = torch.cat([o.reshape(-1, o.shape[-1]) for o in seen])
+    if family in ANYRES:
+        _check_anyres_features(adapter, batch, out, fed["h"])
+        return
     # padding tiles (all-zero pixels) never reach the projector, so its rows are exactly the visual tokens
     assert out.shape[0] == int(n.sum())
     if hasattr(adapter, "vision_order"):
@@ -268,3 +289,32 @@ def test_visual_tokens_are_the_projector_outputs(adapters, family):
         # the decoder's input at the visual positions is the projector output, in order
         torch.testing.assert_close(fed["h"][row, pos], out[start:start + len(pos)], atol=0, rtol=0)
         start += len(pos)
+
+
+def _check_anyres_features(adapter, batch, out: torch.Tensor, fed: torch.Tensor) -> None:
+    """Anyres decoder input: base-tile projector rows, then grid rows (projector rows unless shrunk), newlines at IMAGE_SEP.
+
+    out: projector output rows of every real tile (padding tiles never reach it); fed: the first layer's input.
+    """
+    vision = adapter.model.config.vision_config
+    per_tile = (vision.image_size // vision.patch_size) ** 2
+    newline = adapter.model.model.image_newline
+    tiles = [adapter.build_inputs([ex]).inputs["pixel_values"].shape[1] for ex in _examples(adapter)]
+    assert out.shape[0] == sum(tiles) * per_tile
+    kept = []
+    start = 0
+    for row, n_tiles in enumerate(tiles):
+        rows = out[start:start + n_tiles * per_tile]
+        start += n_tiles * per_tile
+        newlines = fed[row, batch.segments[row] == Segment.IMAGE_SEP]
+        torch.testing.assert_close(newlines, newline.expand_as(newlines), atol=0, rtol=0)
+        visual = fed[row, adapter.visual_positions(batch.segments, row)]
+        torch.testing.assert_close(visual[:per_tile], rows[:per_tile], atol=0, rtol=0)  # the base tile comes first
+        grid = visual[per_tile:]
+        assert not (grid == newline).all(-1).any()
+        # unless shrunk by vision_aspect_ratio, every grid token is one of this image's grid-tile projector rows
+        kept.append(bool((grid[:, None] == rows[None, per_tile:]).all(-1).any(-1).all()))
+    if adapter.model.config.model_type == "llava_onevision":  # the tiny model's anyres_max shrinks one test image only
+        assert sorted(kept) == [False, True]
+    else:
+        assert all(kept)

@@ -275,7 +275,7 @@ def test_pass_through_and_uninstall(tiny_factory, batch_factory):
 
 
 ADAPTER_FAMILIES = ["llava", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl", "smolvlm", "smolvlm-split",
-                    "idefics3"]
+                    "idefics3", "llava_next", "llava_onevision"]
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])

@@ -15,9 +15,9 @@ from probe.models.loading import load_model, weights_hash
 from probe.models.registry import UnsupportedModelError, adapter_for, available_adapters
 
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
-            "idefics3-split"]
+            "idefics3-split", "llava_next", "llava_onevision"]
 # families whose processor has a video slot: without torchvision neither save_pretrained nor AutoProcessor work
-NEEDS_VIDEO = {"internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "internvl-tiled", "smolvlm-split"}
+NEEDS_VIDEO = {"internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "internvl-tiled", "smolvlm-split", "llava_onevision"}
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 TEXTS = ["What colour is the shape? Answer in one word.", "이 도형은 무슨 색입니까? 한 단어로 답하세요.", "  mixed 한글 &\n\ttabs  "]
 
