@@ -64,6 +64,7 @@ def build_organism(
     cfg = config or OrganismConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "organism.json").unlink(missing_ok=True)  # written last: its presence marks a finished organism
     torch.set_num_threads(cfg.threads)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -91,6 +92,22 @@ def build_organism(
               "manifests": {k: str(v.relative_to(out)) for k, v in manifests.items()}}
     (out / "organism.json").write_text(json.dumps(record, indent=1, default=str))
     return OrganismResult(base, ko_ft, manifests, seconds)
+
+
+def existing_organism(out_dir: str | Path, *, seed: int = 0, config: OrganismConfig | None = None) -> OrganismResult | None:
+    """The organism already built in `out_dir` with this seed and config (both stages finished), or None."""
+    out = Path(out_dir)
+    record_path = out / "organism.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    cfg = config or OrganismConfig()
+    same = record.get("seed") == seed and record.get("config") == json.loads(json.dumps(asdict(cfg), default=str))
+    base, ko_ft = out / "base", out / "ko_ft"
+    if not (same and (base / "config.json").is_file() and (ko_ft / "config.json").is_file()):
+        return None
+    manifests = {k: out / v for k, v in record["manifests"].items()}
+    return OrganismResult(base, ko_ft, manifests, {k: float(v) for k, v in record["seconds"].items()})
 
 
 def _publish(src: Path, dst: Path) -> Path:

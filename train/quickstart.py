@@ -12,7 +12,7 @@ from probe.data.manifest import read_manifest
 from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
 from probe.models.loading import load_model
 from probe.report import compare
-from train.organism import OrganismConfig, build_organism
+from train.organism import OrganismConfig, build_organism, existing_organism
 
 # what the report needs: shares and rows for collapse/sinks, keys for key-space OOD, residuals
 # (last prompt token, pooled per segment, every token) for probes, MIR and sinks, projector and vision outputs,
@@ -33,7 +33,10 @@ class QuickstartResult:
 
 def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 400, progress: bool = True,
                config: OrganismConfig | None = None) -> QuickstartResult:
-    """Organism -> eval (real/blank/mismatched) -> capture base and ko_ft -> out_dir/report.html (+ .json)."""
+    """Organism -> eval (real/blank/mismatched) -> capture base and ko_ft -> out_dir/report.html (+ .json).
+
+    Rerunning resumes: a finished organism is reused and captures continue where they stopped.
+    """
     from rich.console import Console
 
     if capture_examples < 1:
@@ -42,7 +45,8 @@ def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 40
     cfg = config or OrganismConfig()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    org = build_organism(out, seed=seed, config=cfg, progress=progress)
+    # a finished organism with the same seed and recipe is reused, so a rerun after a crash does not retrain
+    org = existing_organism(out, seed=seed, config=cfg) or build_organism(out, seed=seed, config=cfg, progress=progress)
     seconds.update({f"organism.{k}": v for k, v in org.seconds.items()})
     keep = set(cfg.question_types)
     evals = [e for e in read_manifest(org.manifests["eval_image"]) if e.question_type in keep]

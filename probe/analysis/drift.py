@@ -12,9 +12,13 @@ from probe.analysis.cka import linear_cka
 from probe.analysis.stats import rbf_mmd2
 
 
-def _valid_tokens(x: np.ndarray, n: int) -> np.ndarray:
-    """First n rows of x [vtoken, feature], float64."""
-    return np.asarray(x[:n], dtype=np.float64)
+def _valid_tokens(x: np.ndarray) -> np.ndarray:
+    """The real rows of x [vtoken, feature] (padding rows are NaN), float64.
+
+    Row counts come from the NaN padding, not from n_vtoken: anyres families' projector rows
+    (tiles × patches) outnumber the visual tokens that reach the decoder.
+    """
+    return np.asarray(x[np.isfinite(x).all(-1)], dtype=np.float64)
 
 
 def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int = 2000, seed: int = 0) -> xr.Dataset:
@@ -30,7 +34,6 @@ def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int =
     if len(shared) == 0:
         raise ValueError("projector_drift: the stores share no example id")
     pb, pa = before["projector_out"].sel(example=shared), after["projector_out"].sel(example=shared)
-    nb = before["n_vtoken"].sel(example=shared).values if "n_vtoken" in before else None
     cos, cka = np.full(len(shared), np.nan), np.full(len(shared), np.nan)
     rng = np.random.default_rng(seed)
     per = max(1, max_tokens_mmd // max(1, len(example_chunks(before.sel(example=shared)))))
@@ -38,8 +41,10 @@ def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int =
     for sl in example_chunks(before.sel(example=shared)):
         xb, xa = pb.isel(example=sl).values, pa.isel(example=sl).values
         for j, i in enumerate(range(sl.start, sl.stop)):
-            n = int(nb[i]) if nb is not None else int(np.isfinite(xb[j]).all(1).sum())
-            b, a = _valid_tokens(xb[j], n), _valid_tokens(xa[j], n)
+            b, a = _valid_tokens(xb[j]), _valid_tokens(xa[j])
+            if len(b) != len(a):
+                raise ValueError(f"projector_drift: example {shared[i]!r} has {len(b)} projector rows before, {len(a)} after")
+            n = len(b)
             num = (b * a).sum(1)
             den = np.linalg.norm(b, axis=1) * np.linalg.norm(a, axis=1)
             cos[i] = float(np.mean(num / np.maximum(den, 1e-12)))
@@ -108,13 +113,10 @@ def vocab_neighbours(tokens: np.ndarray, embeddings: np.ndarray, vocab: list[str
 def _projected_tokens(ds: xr.Dataset, examples: np.ndarray, max_tokens: int, seed: int) -> np.ndarray:
     """Up to `max_tokens` projector-output rows [n, feature] (float64) of `examples`, one fixed random subset."""
     x = ds["projector_out"].sel(example=examples)
-    n_tok = ds["n_vtoken"].sel(example=examples).values if "n_vtoken" in ds else None
     rows = []
     for sl in example_chunks(x.to_dataset()):
         block = x.isel(example=sl).values
-        for j, i in enumerate(range(sl.start, sl.stop)):
-            n = int(n_tok[i]) if n_tok is not None else int(np.isfinite(block[j]).all(1).sum())
-            rows.append(_valid_tokens(block[j], n))
+        rows.extend(_valid_tokens(block[j]) for j in range(block.shape[0]))
     tokens = np.concatenate(rows) if rows else np.empty((0, x.shape[-1]))
     if len(tokens) > max_tokens:
         tokens = tokens[np.sort(np.random.default_rng(seed).choice(len(tokens), max_tokens, replace=False))]

@@ -37,11 +37,11 @@ _VISUAL_DIMS = {"projector_in": ("vtoken_in", "feature_in"), "projector_out": ("
 
 @dataclass(frozen=True)
 class _Checked:
-    """Examples that can be fed, their unpadded lengths and visual-token counts, and the rejects."""
+    """Examples that can be fed, their longest unpadded length and visual-unit count, and the rejects."""
 
     examples: list[Example]
     max_len: int
-    max_visual: int
+    max_units: int  # ModelAdapter.visual_units: sizes the projector / vision rows of the store
     skipped: list[tuple[str, str]]
 
 
@@ -49,19 +49,19 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
     """Build every example's inputs once: catches bad input before anything is written, sizes the store."""
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
-    max_len = max_visual = 0
+    max_len = max_units = 0
     for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
-            segs = adapter.build_inputs([ex], padding_side="right").segments[0]
+            inputs = adapter.build_inputs([ex], padding_side="right")
         except BadExampleError as err:
             if not skip_bad:
                 raise
             skipped.append((ex.id, err.reason))
             continue
         good.append(ex)
-        max_len = max(max_len, int((segs != Segment.PAD).sum()))
-        max_visual = max(max_visual, int((segs == Segment.VISUAL).sum()))
-    return _Checked(good, max_len, max_visual, skipped)
+        max_len = max(max_len, int((inputs.segments[0] != Segment.PAD).sum()))
+        max_units = max(max_units, adapter.visual_units(inputs)[0])
+    return _Checked(good, max_len, max_units, skipped)
 
 
 def _label_names(examples: Sequence[Example]) -> list[str]:
@@ -166,7 +166,8 @@ def capture(
         batch = batch.to(next(adapter.model.parameters()).device)
         rows = cap.collect(batch, _forward(cap, batch), n_positions=checked.max_len)
         if writer is None:
-            writer = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
+            first_units = adapter.visual_units(batch)[0]
+            writer = _create_writer(out, cap, rows[0], first_units, checked, labels, attrs, examples_per_chunk)
         writer.append(
             [ex.id for ex in batch_examples],
             _example_coords(batch_examples, labels),
@@ -193,8 +194,8 @@ def _forward(cap: Capture, batch) -> dict:
     return saved
 
 
-def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checked: _Checked, labels: list[str],
-                   attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
+def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_units: int, checked: _Checked,
+                   labels: list[str], attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
     """Create the store, sizing unlabelled dims from the checked examples and one captured row."""
     adapter, spec = cap.adapter, cap.spec
     coords = {
@@ -207,11 +208,10 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checke
         "position": list(range(checked.max_len)),
     }
     sizes = {"feature": adapter.hidden_size}
-    n_vis = max(int(first["n_vtoken"]), 1)
     for name, (tok_dim, feat_dim) in _VISUAL_DIMS.items():
         if name in first:
-            # rows per visual token (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the longest example
-            sizes[tok_dim] = int(np.ceil(first[name].shape[0] / n_vis * checked.max_visual))
+            # rows per visual unit (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the largest example
+            sizes[tok_dim] = int(np.ceil(first[name].shape[0] / max(first_units, 1) * checked.max_units))
             sizes[feat_dim] = int(first[name].shape[1])
     for name in ("hook_rot_k", "hook_rot_q"):
         if name in first:

@@ -89,10 +89,11 @@ class Capture:
         qpos = self._qpos.cpu() if self._qpos is not None else query_positions(segs, self.spec.max_answer_tokens)
         attn = self.recorder.results
         n_visual = [int((row == Segment.VISUAL).sum()) for row in segs]
+        units = self.adapter.visual_units(batch)
         per_flat: dict[str, list[torch.Tensor]] = {}
         for name in ("vision_out", "projector_in", "projector_out"):
             if name in saved:
-                per_flat[name] = _split_per_example(saved[name], n_visual, len(lengths))
+                per_flat[name] = _split_per_example(saved[name], units, len(lengths))
         out: list[dict[str, np.ndarray]] = []
         for b, ix in enumerate(index):
             row: dict[str, np.ndarray] = {}
@@ -129,9 +130,9 @@ class Capture:
         return torch.stack([parts.get(i, nan) for i in self.layers]).numpy()
 
 
-def _split_per_example(value: torch.Tensor, n_visual: list[int], batch: int) -> list[torch.Tensor]:
-    """One [rows, d] tensor per example from a projector / vision tensor."""
+def _split_per_example(value: torch.Tensor, units: list[int], batch: int) -> list[torch.Tensor]:
+    """One [rows, d] tensor per example from a projector / vision tensor (`units`: ModelAdapter.visual_units)."""
     value = value.detach()
-    if value.dim() == 3 and value.shape[0] == batch:
+    if value.dim() == 3 and value.shape[0] == batch and len(set(units)) == 1:
         return [value[b] for b in range(batch)]
-    return split_rows(value, n_visual)
+    return split_rows(value, units)

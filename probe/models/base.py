@@ -116,6 +116,15 @@ class ModelAdapter(ABC):
         """Visual tokens entering the decoder per row: segments [batch, seq] -> [batch] long."""
         return (segments == int(Segment.VISUAL)).sum(-1)
 
+    def visual_units(self, batch: ModelInputs) -> list[int]:
+        """Per example, the units every captured visual tensor (vision out, projector in/out) has a fixed row count per.
+
+        The vision tower and projector see a batch's images flat; rows are split per example in
+        proportion to these counts. Visual tokens by default (k rows per token, e.g. 4 before a 2x2
+        merger); families whose projector rows do not follow the token count (anyres tiling) override it.
+        """
+        return self.n_visual_tokens(batch.segments).tolist()
+
     @staticmethod
     def visual_positions(segments: torch.Tensor, row: int) -> torch.Tensor:
         """Sequence indices of row `row`'s visual tokens, in projector-output order: [n_visual] long."""

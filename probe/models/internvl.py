@@ -36,6 +36,13 @@ class InternVLAdapter(ModelAdapter):
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
+    def visual_units(self, batch: ModelInputs) -> list[int]:
+        """Tiles per example: the vision tower sees each tile (with its CLS token) on its own."""
+        vcfg = self.model.config.vision_config
+        side = [s // p for s, p in zip(_pair(vcfg.image_size), _pair(vcfg.patch_size))]
+        per_tile = round(side[0] * side[1] * self.model.config.downsample_ratio ** 2)
+        return [n // per_tile for n in self.n_visual_tokens(batch.segments).tolist()]
+
     def _roles(self) -> dict[int, Segment]:
         tok = self.processor.tokenizer
         return {
@@ -54,3 +61,7 @@ class InternVLAdapter(ModelAdapter):
         # tiles of all examples in order: the model scatters them into the image tokens row by row
         extra = {"pixel_values": torch.cat([f["pixel_values"] for f in enc.features])}
         return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

@@ -60,6 +60,17 @@ class LlavaAdapter(ModelAdapter):
                     segs[i] = int(Segment.IMAGE_SEP)
         return assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
 
+    def visual_units(self, batch: ModelInputs) -> list[int]:
+        """Tiles per example for anyres models (their projector rows are tiles × patches); visual tokens otherwise."""
+        if not getattr(self.model.config, "image_grid_pinpoints", None):
+            return super().visual_units(batch)
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        cfg = self.model.config
+        return [image_size_to_num_patches(image_size=tuple(int(v) for v in size), grid_pinpoints=cfg.image_grid_pinpoints,
+                                          patch_size=cfg.vision_config.image_size)
+                for size in batch.inputs["image_sizes"]]
+
     def _newline_positions(self, example: Example, ids: list[int], feature: Any) -> list[int]:
         """Prompt positions of an anyres image's `image_newline` embeddings (one closing each row of the tile grid).
 

@@ -243,3 +243,38 @@ def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, 
     # a store without the group is still comparable with one that has it
     plain = capture(tiny_llava_adapter, examples[:3], tmp_path / "p.zarr", replace(spec, vocab=False), progress=False)
     st.check_comparable(plain)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
+                                    "smolvlm-split", "idefics3"])
+def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
+    """Batched capture of images with different tile / patch counts: each example's projector and vision rows
+    equal those of a forward of that example alone (torch hooks), NaN-padded beyond."""
+    from PIL import Image
+
+    from probe.data.example import Example
+    from probe.models.registry import adapter_for
+
+    adapter = adapter_for(*tiny_models[family])
+    rng = np.random.default_rng(3)
+    sizes = ((40, 48), (64, 30), (20, 20))
+    exs = [Example(f"e{i}", Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "What is it?")
+           for i, (h, w) in enumerate(sizes)]
+    spec = CaptureSpec(attn_pattern=False, resid=(), projector=True, vision=True, dtype="float32", batch_size=3)
+    ds = capture(adapter, exs, tmp_path / "s.zarr", spec, progress=False).dataset.compute()
+    for i, ex in enumerate(exs):
+        got = {}
+        hooks = [adapter.module(site).register_forward_hook(
+            lambda m, a, o, k=k: got.__setitem__(k, (o[0] if isinstance(o, tuple) else getattr(o, "last_hidden_state", o))))
+            for k, site in (("projector_out", "projector.out"), ("vision_out", "vision.out"))]
+        with torch.no_grad():
+            adapter.model(**adapter.build_inputs([ex]).inputs)
+        for h in hooks:
+            h.remove()
+        for name in ("projector_out", "vision_out"):
+            want = got[name].reshape(-1, got[name].shape[-1]).numpy()
+            row = ds[name].isel(example=i).values
+            n = int(np.isfinite(row).all(-1).sum())
+            assert n == len(want), (name, n, len(want))
+            np.testing.assert_allclose(row[:n], want, **TOL)
+            assert np.isnan(row[n:]).all()

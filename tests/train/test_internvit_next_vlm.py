@@ -80,24 +80,39 @@ def _examples(n: int = 3) -> list[Example]:
                     answer="ab") for i in range(n)]
 
 
-@pytest.mark.parametrize("name", ["A0", "A2", "A5"])
-def test_probe_adapter_and_capture_work(name, tmp_path):
+def _swapped_adapter(name: str):
     model, processor = tiny_internvl(image_size=32, patch_size=8)
-    ref_ids = adapter_for(model, processor).build_inputs(_examples()).inputs["input_ids"]
     cfg = variant(name, window=2)
     swap_vision_tower(model, cfg)
     configure_processor(processor, cfg, patch_size=8)
-    adapter = adapter_for(model, processor)
+    return adapter_for(model, processor), cfg
+
+
+@pytest.mark.parametrize("name", ["A0", "A2", "A5"])
+def test_probe_adapter_builds_matching_inputs_and_trains(name):
+    model, processor = tiny_internvl(image_size=32, patch_size=8)
+    ref_ids = adapter_for(model, processor).build_inputs(_examples()).inputs["input_ids"]
+    adapter, cfg = _swapped_adapter(name)
     batch = adapter.build_inputs(_examples())
     n_img = image_token_count(cfg, 32, 32, 8)
     assert int((batch.inputs["input_ids"][0] == adapter.image_token_id).sum()) == n_img
     if name != "A5":  # the token count is unchanged for A0..A2: the same prompt ids as the plain model
         assert torch.equal(batch.inputs["input_ids"], ref_ids)
-    loss = model(**batch.inputs, labels=batch.labels).loss
+    loss = adapter.model(**batch.inputs, labels=batch.labels).loss
     loss.backward()
-    assert torch.isfinite(loss) and model.model.vision_tower.encoder.layer[0].mlp.fc1.weight.grad is not None
+    assert torch.isfinite(loss) and adapter.model.model.vision_tower.encoder.layer[0].mlp.fc1.weight.grad is not None
+
+
+_PROBE_UNITS = pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "probe InternVLAdapter.visual_units derives tokens per tile from the vision config, not from "
+    "processor.image_seq_length, so a changed token count cannot be split per example"))
+
+
+@pytest.mark.parametrize("name", ["A0", "A2", pytest.param("A5", marks=_PROBE_UNITS)])
+def test_probe_capture_works(name, tmp_path):
     from probe.capture.run import capture
 
+    adapter, _ = _swapped_adapter(name)
     store = capture(adapter, _examples(2), tmp_path / "s.zarr", CaptureSpec(vision=True, dtype="float32",
                                                                            batch_size=2), progress=False)
     ds = store.dataset if hasattr(store, "dataset") else store.open()

@@ -100,3 +100,25 @@ def test_lora_trains_adapter_only(tmp_path: Path) -> None:
 def test_bad_freeze_is_named() -> None:
     with pytest.raises(ValueError, match="'visoin'"):
         parse_freeze("visoin,projector")
+
+
+def test_existing_organism_is_found_only_when_finished_with_same_recipe(tmp_path):
+    import json
+
+    from train.organism import OrganismConfig, existing_organism
+
+    cfg = OrganismConfig(stage1_steps=3, stage2_steps=2)
+    assert existing_organism(tmp_path, seed=0, config=cfg) is None
+    for name in ("base", "ko_ft"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    from dataclasses import asdict
+
+    record = {"seed": 0, "seconds": {"stage1": 1.0}, "config": asdict(cfg), "manifests": {"eval_image": "data/e.jsonl"}}
+    (tmp_path / "organism.json").write_text(json.dumps(record, default=str))
+    found = existing_organism(tmp_path, seed=0, config=cfg)
+    assert found is not None and found.manifests["eval_image"] == tmp_path / "data/e.jsonl"
+    assert existing_organism(tmp_path, seed=1, config=cfg) is None
+    assert existing_organism(tmp_path, seed=0, config=OrganismConfig(stage1_steps=4, stage2_steps=2)) is None
+    (tmp_path / "ko_ft" / "config.json").unlink()
+    assert existing_organism(tmp_path, seed=0, config=cfg) is None
