@@ -36,6 +36,17 @@ class ModelInputs:
         return ModelInputs(moved, self.segments.to(device), labels, list(self.example_ids))
 
 
+def standard_sites(vision: str, projector: str, decoder_layers: str) -> dict[str, str]:
+    """The canonical site map of a vision tower -> projector -> decoder model, from three module paths."""
+    return {
+        "vision.out": vision,
+        "projector.in": projector,
+        "projector.out": projector,
+        "lm.layer.{i}.resid": f"{decoder_layers}.{{i}}",
+        "lm.layer.{i}.attn": f"{decoder_layers}.{{i}}.self_attn",
+    }
+
+
 class ModelAdapter(ABC):
     """Knows where a family's vision tower, projector and decoder are, and how to feed it.
 
@@ -69,9 +80,14 @@ class ModelAdapter(ABC):
         return self.module("projector.out")
 
     @property
-    @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:
-        """The LLM decoder's layers, in order."""
+        """The LLM decoder's layers, in order (the module list the `lm.layer.{i}.resid` site indexes)."""
+        return self.model.get_submodule(self.sites["lm.layer.{i}.resid"].removesuffix(".{i}"))
+
+    @property
+    def image_token_id(self) -> int:
+        """The id of the token the model replaces with visual features."""
+        return int(self.model.config.image_token_id)
 
     @property
     def attention_modules(self) -> list[nn.Module]:

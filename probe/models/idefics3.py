@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs
+from probe.models.base import ModelAdapter, ModelInputs, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -26,21 +25,7 @@ class Idefics3Adapter(ModelAdapter):
 
     name = "idefics3"
     model_types = ("idefics3", "smolvlm")
-    sites = {
-        "vision.out": "model.vision_model",
-        "projector.in": "model.connector",
-        "projector.out": "model.connector",
-        "lm.layer.{i}.resid": "model.text_model.layers.{i}",
-        "lm.layer.{i}.attn": "model.text_model.layers.{i}.self_attn",
-    }
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.get_submodule("model.text_model.layers")
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+    sites = standard_sites("model.vision_model", "model.connector", "model.text_model.layers")
 
     def _segments(self, ids: list[int]) -> list[int]:
         segs = segments_from_ids(ids, {self.image_token_id: Segment.VISUAL})

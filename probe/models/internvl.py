@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs
+from probe.models.base import ModelAdapter, ModelInputs, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -20,28 +19,16 @@ class InternVLAdapter(ModelAdapter):
 
     name = "internvl"
     model_types = ("internvl",)
-    sites = {
-        "vision.out": "model.vision_tower",
-        "projector.in": "model.multi_modal_projector",
-        "projector.out": "model.multi_modal_projector",
-        "lm.layer.{i}.resid": "model.language_model.layers.{i}",
-        "lm.layer.{i}.attn": "model.language_model.layers.{i}.self_attn",
-    }
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.get_submodule("model.language_model.layers")
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
+    sites = standard_sites("model.vision_tower", "model.multi_modal_projector", "model.language_model.layers")
 
     def visual_units(self, batch: ModelInputs) -> list[int]:
         """Tiles per example: the vision tower sees each tile (with its CLS token) on its own."""
-        vcfg = self.model.config.vision_config
-        side = [s // p for s, p in zip(_pair(vcfg.image_size), _pair(vcfg.patch_size))]
-        per_tile = round(side[0] * side[1] * self.model.config.downsample_ratio ** 2)
-        return [n // per_tile for n in self.n_visual_tokens(batch.segments).tolist()]
+        per_tile = getattr(self.processor, "image_seq_length", None)
+        if not per_tile:  # a processor that does not say: InternVL's pixel-unshuffle count
+            vcfg = self.model.config.vision_config
+            side = [s // p for s, p in zip(_pair(vcfg.image_size), _pair(vcfg.patch_size))]
+            per_tile = round(side[0] * side[1] * self.model.config.downsample_ratio ** 2)
+        return [n // int(per_tile) for n in self.n_visual_tokens(batch.segments).tolist()]
 
     def _roles(self) -> dict[int, Segment]:
         tok = self.processor.tokenizer

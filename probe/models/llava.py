@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -27,17 +26,7 @@ class LlavaAdapter(ModelAdapter):
 
     name = "llava"
     model_types = ("llava", "llava_next", "llava_onevision")
-    sites = {
-        "vision.out": "model.vision_tower",
-        "projector.in": "model.multi_modal_projector",
-        "projector.out": "model.multi_modal_projector",
-        "lm.layer.{i}.resid": "model.language_model.layers.{i}",
-        "lm.layer.{i}.attn": "model.language_model.layers.{i}.self_attn",
-    }
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.get_submodule("model.language_model.layers")
+    sites = standard_sites("model.vision_tower", "model.multi_modal_projector", "model.language_model.layers")
 
     @property
     def image_token_id(self) -> int:

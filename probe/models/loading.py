@@ -10,7 +10,7 @@ from probe.models.base import ModelAdapter
 from probe.models.registry import adapter_for
 from probe.provenance import weights_hash
 
-__all__ = ["load_model", "weights_hash"]
+__all__ = ["load_model", "save_processor", "weights_hash"]
 
 
 def load_model(
@@ -59,6 +59,23 @@ def load_model(
         model = PeftModel.from_pretrained(model, str(lora_adapter)).merge_and_unload()
     model = model.to(device).eval()
     return adapter_for(model, processor)
+
+
+def save_processor(processor, path: str | Path) -> None:
+    """Save a processor so `load_model` reads it back, also where its video processor is missing (no torchvision).
+
+    transformers' `save_pretrained` needs every sub-processor; images-only use has none for video, so
+    then the tokenizer, the image processor and processor_config.json are written as a checkpoint holds them.
+    """
+    import json
+
+    if getattr(processor, "video_processor", "absent") is not None:
+        processor.save_pretrained(str(path))
+        return
+    processor.tokenizer.save_pretrained(str(path))
+    processor.image_processor.save_pretrained(str(path))
+    settings = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor", "video_processor", "tokenizer")}
+    (Path(path) / "processor_config.json").write_text(json.dumps(settings))
 
 
 def _processor_without_video(source: str, model_type: str, trust_remote_code: bool):

@@ -10,7 +10,7 @@ from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs
+from probe.models.base import ModelAdapter, ModelInputs, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -27,27 +27,13 @@ class Qwen2VLAdapter(ModelAdapter):
 
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
-    sites = {
-        "vision.out": "model.visual.blocks.{last}",
-        "projector.in": "model.visual.merger",
-        "projector.out": "model.visual.merger",
-        "lm.layer.{i}.resid": "model.language_model.layers.{i}",
-        "lm.layer.{i}.attn": "model.language_model.layers.{i}.self_attn",
-    }
+    sites = standard_sites("model.visual.blocks.{last}", "model.visual.merger", "model.language_model.layers")
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         super().__init__(model, processor)
         last = len(self.model.get_submodule("model.visual.blocks")) - 1
         # per instance: the last vision block's index depends on the checkpoint
         self.sites = {k: v.replace("{last}", str(last)) for k, v in type(self).sites.items()}
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.get_submodule("model.language_model.layers")
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
 
     def vision_order(self, image_grid_thw: torch.Tensor, level: str = "merged") -> torch.Tensor:
         """Row permutation that puts captured vision rows in the decoder's image-token order.

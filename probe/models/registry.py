@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from typing import Any
 
 from probe.models.base import ModelAdapter
@@ -51,8 +51,5 @@ _FAMILIES = ("llava", "internvl", "qwen2_vl", "idefics3")
 
 def _load_builtin() -> None:
     # importing the family modules registers them
-    import importlib
-
     for family in _FAMILIES:
-        if importlib.util.find_spec(f"probe.models.{family}") is not None:  # TODO(lead): strict once all land
-            importlib.import_module(f"probe.models.{family}")
+        importlib.import_module(f"probe.models.{family}")

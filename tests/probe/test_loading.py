@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -11,14 +10,11 @@ from PIL import Image
 
 from probe.data.example import Example
 from probe.models import tiny
-from probe.models.loading import load_model, weights_hash
+from probe.models.loading import load_model, save_processor, weights_hash
 from probe.models.registry import UnsupportedModelError, adapter_for, available_adapters
 
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
             "idefics3-split", "llava_next", "llava_onevision"]
-# families whose processor has a video slot: without torchvision neither save_pretrained nor AutoProcessor work
-NEEDS_VIDEO = {"internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "internvl-tiled", "smolvlm-split", "llava_onevision"}
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 TEXTS = ["What colour is the shape? Answer in one word.", "이 도형은 무슨 색입니까? 한 단어로 답하세요.", "  mixed 한글 &\n\ttabs  "]
 
 
@@ -84,26 +80,13 @@ def test_weights_hash_sees_one_changed_value():
 
 
 # ------------------------------------------------------------------------------------------ load_model
-def _save_processor_parts(processor, path) -> None:
-    """Tokenizer, image processor and processor_config.json, without the (torchvision-only) video processor."""
-    import json
-
-    processor.tokenizer.save_pretrained(path)
-    processor.image_processor.save_pretrained(path)
-    settings = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor", "video_processor", "tokenizer")}
-    (path / "processor_config.json").write_text(json.dumps(settings))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_load_model_roundtrip(tiny_models, family, tmp_path):
     adapter = adapter_for(*tiny_models[family])
     adapter.model.save_pretrained(tmp_path)
-    if family in NEEDS_VIDEO and not HAS_TORCHVISION:
-        # processor.save_pretrained needs the video processor: save its parts as a checkpoint holds them;
-        # load_model then takes its no-torchvision path (AutoProcessor raises ImportError)
-        _save_processor_parts(adapter.processor, tmp_path)
-    else:
-        adapter.processor.save_pretrained(tmp_path)
+    # without torchvision a video slot is empty: save_processor writes the parts and load_model then takes
+    # its no-torchvision path (AutoProcessor raises ImportError)
+    save_processor(adapter.processor, tmp_path)
     loaded = load_model(tmp_path, dtype=torch.float32)
     assert type(loaded) is type(adapter)
     assert weights_hash(loaded.model) == weights_hash(adapter.model)

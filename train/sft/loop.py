@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
+from probe.models.loading import save_processor
 from train.sft.config import SFTConfig
 from train.sft.freeze import apply_freeze, lora_target_modules
 
@@ -78,7 +79,7 @@ def _save_model(model: torch.nn.Module, processor: object, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     if processor is not None and hasattr(processor, "save_pretrained"):
-        processor.save_pretrained(path)
+        save_processor(processor, path)
 
 
 def _save_checkpoint(out_dir: Path, step: int, model, processor, opt, sched, config: SFTConfig) -> None:
