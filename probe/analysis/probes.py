@@ -35,6 +35,16 @@ def label_names(ds: xr.Dataset) -> list[str]:
     return sorted(str(c)[len("label_") :] for c in ds.coords if str(c).startswith("label_"))
 
 
+def probe_labels(ds: xr.Dataset) -> list[str]:
+    """Labels with at least two classes among the examples (a constant label has nothing to decode)."""
+    out = []
+    for lab in label_names(ds):
+        values = to_str(ds[f"label_{lab}"].values)
+        if len(np.unique(values[values != ""])) >= 2:
+            out.append(lab)
+    return out
+
+
 def _site_array(ds: xr.Dataset, site: str) -> xr.DataArray | None:
     if site == "visual_pooled" and "hook_resid_post_pooled" in ds:
         return ds["hook_resid_post_pooled"].sel(segment="visual", drop=True)
@@ -63,7 +73,7 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConf
 def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
     """CV accuracy (and its SD over folds) and chance per (layer, site, label); sites visual_pooled and last_prompt."""
     ds = as_dataset(ds)
-    labels = label_names(ds) if labels is None else labels
+    labels = probe_labels(ds) if labels is None else labels
     sites = [s for s in SITES if _site_array(ds, s) is not None]
     if not labels or not sites:
         raise KeyError("linear_probes: store has no label_* coordinate or no residual variable")
@@ -93,5 +103,6 @@ def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: Probe
 
 def compare_probes(before: xr.Dataset, after: xr.Dataset, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
     """linear_probes of both stores on a `store` dim (before, after)."""
-    b, a = linear_probes(before, config=config), linear_probes(after, config=config)
+    labels = sorted(set(probe_labels(as_dataset(before))) & set(probe_labels(as_dataset(after))))
+    b, a = linear_probes(before, labels, config), linear_probes(after, labels, config)
     return xr.concat([b, a], dim="store", join="inner").assign_coords(store=["before", "after"])

@@ -14,6 +14,7 @@ import plotly.io as pio
 from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores
 from probe.report import figures as F
 from probe.report import summary as S
+from probe.report.verdict import verdict
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 h2{border-bottom:1px solid #ccc;margin-top:2em}.reading{font-weight:600;background:#f4f6fa;padding:.5em;border-left:4px solid #1f77b4}
@@ -71,6 +72,9 @@ def compare(
     page = _Page("visblind: before vs after")
     summary: dict[str, Any] = {"before": _describe(before), "after": _describe(after), "created": datetime.now(timezone.utc).isoformat(), "readings": {}}
     ci = config.bootstrap.ci
+    summary["verdict"] = verdict(res, config.bootstrap)
+    page.section("Summary: which candidate causes moved", None, None,
+                 "<ul>" + "".join(f"<li>{_html.escape(line)}</li>" for line in summary["verdict"]) + "</ul>")
 
     c = res["collapse"]
     if isinstance(c, Skipped):

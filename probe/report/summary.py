@@ -84,7 +84,8 @@ def reading_probes(pr: xr.Dataset) -> str:
                     continue
                 i = int(np.nanargmax(a))
                 vals.append(f"{a[i]:.2f} ± {float(sd.sel(store=st).values[i]):.2f} (layer {int(acc['layer'].values[i])})")
-            parts.append(f"{lab}@{site} {vals[0]} → {vals[-1]} (chance {ch:.2f})")
+            if vals != ["n/a"] * len(vals):
+                parts.append(f"{lab}@{site} {vals[0]} → {vals[-1]} (chance {ch:.2f})")
     return "best-layer probe accuracy (± SD over CV folds) " + "; ".join(parts)
 
 
