@@ -5,7 +5,7 @@ realistic shape with random weights (8 decoder layers, d=512, 576 visual tokens 
 Each (method, T) runs in a fresh subprocess so peak memory is that method's own
 (CPU: ru_maxrss above the post-load baseline; CUDA: max_memory_allocated above the weights).
 
-    python benchmarks/capture_overhead.py [--lengths 640 1280 2560] [--repeats 3] [--device cpu]
+    python benchmarks/capture_overhead.py [--lengths 640 1280 2560] [--repeats 3] [--device cpu] [--threads N]
 """
 
 from __future__ import annotations
@@ -120,22 +120,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.worker[0], int(args.worker[1]), args.batch, args.repeats, args.device, args.dtype)))
         return
     rows = {}
     for seq_len in args.lengths:
         for method in ("bare", "capture", "eager"):
             cmd = [sys.executable, __file__, "--worker", method, str(seq_len), "--batch", str(args.batch),
-                   "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype]
+                   "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+                   "--threads", str(args.threads)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode:
                 sys.exit(f"{method} at T={seq_len} failed:\n{res.stderr[-2000:]}")
             rows[(method, seq_len)] = json.loads(res.stdout.strip().splitlines()[-1])
             print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
-    print(f"device={args.device} dtype={args.dtype} batch={args.batch} layers=8 d=512 visual={N_VISUAL}")
+    print(f"device={args.device} dtype={args.dtype} batch={args.batch} threads={args.threads or 'default'} "
+          f"layers=8 d=512 visual={N_VISUAL}")
     print(f"{'T':>6} {'bare s':>8} {'capture s':>10} {'eager s':>8} {'(b)/(a) time':>13} {'(c)/(a) time':>13} "
           f"{'bare MiB':>9} {'capture MiB':>12} {'eager MiB':>10} {'(b)/(a) mem':>12} {'(c)/(a) mem':>12}")
     for seq_len in args.lengths:

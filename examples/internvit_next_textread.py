@@ -1,16 +1,6 @@
 """Item 8 of the InternViT-Next issue: does the encoder variant change how well a tiny InternVL reads small text?
 
-Task: a 112x112 black image holds one small glyph (Hangul syllable or Latin capital, 12 classes, 14 px font)
-at a random place; the model answers with the glyph (byte tokens + eos). A tiny InternVL (probe's
-`tiny_internvl`: 2-layer InternViT width 64 at patch 8 -> 14x14 patches, 2-layer Qwen2 width 64) gets its tower
-swapped for A0, A2 (2-D RoPE + 4x4-patch windows in layer 0, full attention in layer 1) or A5 (A2 + spatial
-tokens + adaptive compression to half the grid tokens), then trains from the same random init with
-`train.sft` (full fine-tuning, same examples, same steps) -- the token count is fixed per variant at a fixed
-image size, so `configure_processor` makes the probe adapter build matching prompts and sft works unchanged.
-Accuracy: exact match of the whole answer under teacher forcing (= what greedy decoding would produce).
---font 20 makes the glyphs larger (used while calibrating; it did not make the task learnable in budget either).
-
-    python examples/internvit_next_textread.py [--steps 1200] [--out /tmp/internvit_next_textread]
+DOCSTRING_PLACEHOLDER
 """
 
 from __future__ import annotations
@@ -31,23 +21,42 @@ from probe.models.tiny import tiny_internvl
 from train.internvit_next import configure_processor, image_token_count, swap_vision_tower, variant
 from train.sft import SFTConfig, sft
 
-GLYPHS = list("가나다라마바") + list("AKRSXZ")
-SIDE, PATCH, FONT, VISION_DIM, LR = 112, 8, 14, 64, 1e-3
+HANGUL, LATIN = "가나다라마바사아", "AKRSXZHM"
+PATCH = 8
 VARIANTS = {"A0": variant("A0"), "A2": variant("A2", window=4), "A5": variant("A5", window=4)}
 
 
-def make_examples(n: int, seed: int, size: int = FONT) -> list[Example]:
-    """n images with one glyph (size px font) at a random position; answer = the glyph."""
+def glyphs(per_script: int) -> list[str]:
+    """The glyph classes: the first per_script Hangul syllables and Latin capitals."""
+    return list(HANGUL[:per_script]) + list(LATIN[:per_script])
+
+
+def make_examples(n: int, seed: int, a: argparse.Namespace) -> list[Example]:
+    """n side x side black images with one white glyph (a.font px) at a random place; answer = the glyph.
+
+    a.positions = k > 0 puts the glyph's top-left on one of k x k evenly spaced points (plus +-a.jitter px);
+    0 puts it anywhere inside the image.
+    """
     rng = random.Random(seed)
-    font = hangul_font(size)
+    font, classes, side, size = hangul_font(a.font), glyphs(a.glyphs), a.side, a.font
+    lo, hi = 2, side - size - 6
     out = []
     for i in range(n):
-        g = rng.choice(GLYPHS)
-        img = Image.new("RGB", (SIDE, SIDE), (0, 0, 0))
-        ImageDraw.Draw(img).text((rng.randint(2, SIDE - size - 4), rng.randint(2, SIDE - size - 6)), g,
-                                 fill=(255, 255, 255), font=font)
+        g = rng.choice(classes)
+        if a.positions > 0:
+            pts = [lo + round(j * (hi - lo) / max(1, a.positions - 1)) for j in range(a.positions)]
+            x, y = (min(hi, max(lo, rng.choice(pts) + rng.randint(-a.jitter, a.jitter))) for _ in range(2))
+        else:
+            x, y = rng.randint(lo, hi), rng.randint(lo, hi)
+        img = Image.new("RGB", (side, side), (0, 0, 0))
+        ImageDraw.Draw(img).text((x, y), g, fill=(255, 255, 255), font=font)
         out.append(Example(f"{seed}-{i}", img, "Read the text.", answer=g, lang="ko" if g > "~" else "en"))
     return out
+
+
+def blanked(examples: list[Example]) -> list[Example]:
+    """The same examples with an all-black image (what a model that ignores the image would answer)."""
+    return [Example(e.id, Image.new("RGB", e.image.size), e.prompt, answer=e.answer, lang=e.lang) for e in examples]
 
 
 @torch.no_grad()
@@ -64,43 +73,70 @@ def accuracy(adapter, examples: list[Example], batch: int = 50) -> float:
     return hits / len(examples)
 
 
-def run(name: str, train: list[Example], test: list[Example], steps: int, out: Path) -> dict[str, float]:
-    """Train one variant from the shared init; return accuracy, tokens per image and seconds."""
-    model, processor = tiny_internvl(seed=0, image_size=SIDE, patch_size=PATCH, vision_dim=VISION_DIM, text_layers=2,
-                                     text_dim=64)
+def build_model(a: argparse.Namespace):
+    """probe's tiny_internvl at the requested size; vision depth != 2 rebuilds it from its config (seed 0)."""
+    model, processor = tiny_internvl(seed=0, image_size=a.side, patch_size=PATCH, vision_dim=a.vision_dim,
+                                     text_layers=a.text_layers, text_dim=a.text_dim)
+    if a.vision_layers != model.config.vision_config.num_hidden_layers:
+        config = model.config
+        config.vision_config.num_hidden_layers = a.vision_layers
+        torch.manual_seed(0)
+        model = type(model)(config).eval()
+    return model, processor
+
+
+def run(name: str, train: list[Example], test: list[Example], a: argparse.Namespace) -> dict[str, float]:
+    """Train one variant from the shared init; return accuracies, tokens per image, seconds and loss."""
+    model, processor = build_model(a)
     cfg = VARIANTS[name]
     torch.manual_seed(0)
     swap_vision_tower(model, cfg)
     configure_processor(processor, cfg, PATCH)
     adapter = adapter_for(model, processor)
-    conf = SFTConfig(lr=LR, batch_size=16, max_steps=steps, warmup_steps=20, threads=1, device="cpu",
-                     checkpoint_every=10 * steps, log_every=50, seed=0)
-    result = sft(adapter, train, conf, out / name, resume=False, progress=False)
+    conf = SFTConfig(lr=a.lr, batch_size=a.batch, max_steps=a.steps, warmup_steps=a.warmup, threads=1,
+                     device="cpu", checkpoint_every=10 * a.steps, log_every=50, seed=0)
+    result = sft(adapter, train, conf, a.out / name, resume=False, progress=False)
     by_lang = {lang: accuracy(adapter, [e for e in test if e.lang == lang]) for lang in ("ko", "en")}
+    tail = result.losses[-20:]
     return {"acc": accuracy(adapter, test), "acc_ko": by_lang["ko"], "acc_en": by_lang["en"],
-            "tokens": image_token_count(cfg, SIDE, SIDE, PATCH), "train_sec": result.seconds,
-            "final_loss": sum(result.losses[-20:]) / 20}
+            "acc_blank": accuracy(adapter, blanked(test)),
+            "tokens": image_token_count(cfg, a.side, a.side, PATCH), "train_sec": result.seconds,
+            "final_loss": sum(tail) / len(tail)}
 
 
 def main() -> None:
-    """Train A0, A2, A5 for the same budget and print one line each (also written to out/results.json)."""
+    """Train the variants for the same budget and print one line each (also written to out/results.json)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--out", type=Path, default=Path("/tmp/internvit_next_textread"))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--font", type=int, default=FONT)
-    args = ap.parse_args()
+    ap.add_argument("--glyphs", type=int, default=6, help="glyph classes per script (Hangul and Latin), <= 8")
+    ap.add_argument("--font", type=int, default=14, help="glyph font size in px")
+    ap.add_argument("--side", type=int, default=112, help="image side in px (multiple of 16)")
+    ap.add_argument("--positions", type=int, default=0, help="k: glyph on a k x k grid of places; 0 = anywhere")
+    ap.add_argument("--jitter", type=int, default=0, help="+- px around a grid place (with --positions)")
+    ap.add_argument("--vision-dim", type=int, default=64)
+    ap.add_argument("--vision-layers", type=int, default=2)
+    ap.add_argument("--text-dim", type=int, default=64)
+    ap.add_argument("--text-layers", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train-n", type=int, default=3000)
+    ap.add_argument("--test-n", type=int, default=300)
+    a = ap.parse_args()
     torch.set_num_threads(1)
-    train, test = make_examples(3000, 1, args.font), make_examples(300, 2, args.font)
+    train, test = make_examples(a.train_n, 1, a), make_examples(a.test_n, 2, a)
     t0 = time.perf_counter()
     results = {}
-    for name in args.variants:
-        results[name] = r = run(name, train, test, args.steps, args.out)
-        print(f"{name}: acc={r['acc']:.3f} (ko {r['acc_ko']:.3f}, en {r['acc_en']:.3f}; chance {1 / len(GLYPHS):.3f})"
-              f"  tokens/img={r['tokens']}  train_sec={r['train_sec']:.1f}  final_loss={r['final_loss']:.3f}",
-              flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "results": results}, indent=1))
+    for name in a.variants:
+        results[name] = r = run(name, train, test, a)
+        print(f"{name}: acc={r['acc']:.3f} (ko {r['acc_ko']:.3f}, en {r['acc_en']:.3f}; blank image "
+              f"{r['acc_blank']:.3f}; chance {1 / len(glyphs(a.glyphs)):.3f})  tokens/img={r['tokens']}  "
+              f"train_sec={r['train_sec']:.1f}  final_loss={r['final_loss']:.3f}", flush=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+    (a.out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
