@@ -31,8 +31,8 @@ class MaskSource:
     causal: bool
     window: int | None
 
-    def bias(self, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """Additive float32 bias for the queries at `pos` ([batch, n]) -> [batch, 1|head, n, kv_len]."""
+    def rows(self, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """The mask rows of the queries at `pos` ([batch, n]): bool (True = attend) or additive float, [batch, 1|head, n, kv_len]."""
         batch, n = pos.shape
         if self.mask4d is not None:
             m = self.mask4d[..., :kv_len]
@@ -40,9 +40,7 @@ class MaskSource:
             # queries and keys cover the same full sequence here, so a broadcast query axis expands to kv_len
             m = m.expand(batch, heads, kv_len, kv_len)
             rows = m.gather(2, pos[:, None, :, None].expand(batch, heads, n, kv_len))
-            if rows.dtype == torch.bool:
-                return torch.zeros(rows.shape, dtype=torch.float32, device=rows.device).masked_fill_(~rows, float("-inf"))
-            return rows.to(torch.float32)
+            return rows if rows.dtype == torch.bool else rows.to(torch.float32)
         kpos = torch.arange(kv_len, device=pos.device)
         allowed = self.key_valid[:, None, None, :].expand(batch, 1, n, kv_len)
         qp = pos[:, None, :, None]
@@ -50,10 +48,15 @@ class MaskSource:
             allowed = allowed & (kpos <= qp)
         if self.window is not None:
             allowed = allowed & (qp - kpos < self.window)
-        return torch.zeros((batch, 1, n, kv_len), dtype=torch.float32, device=pos.device).masked_fill(~allowed, float("-inf"))
+        return allowed
+
+    def apply_(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Mask `scores` [batch, head, n, kv_len] (float32) in place for the queries at `pos` ([batch, n]); returns it."""
+        rows = self.rows(pos, scores.shape[-1])
+        return scores.masked_fill_(~rows, float("-inf")) if rows.dtype == torch.bool else scores.add_(rows)
 
 
-def prob_blocks(
+def exp_blocks(
     query: torch.Tensor,
     key: torch.Tensor,
     pos: torch.Tensor,
@@ -63,10 +66,13 @@ def prob_blocks(
     block: int,
     softcap: float | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Softmax rows (float32) of the queries at `pos`, `block` queries at a time.
+    """Unnormalised softmax numerators exp(s - max s) (float32) of the queries at `pos`, `block` queries at a time.
 
     query: [batch, head, seq, d], key: [batch, kv_head, seq, d], pos: [batch, n] (entries < 0 are
     computed at position 0 and must be ignored by the caller) -> yields (slice of n, [batch, head, nb, seq]).
+    Dividing by the row sum gives the attention probabilities; everything happens in place on one
+    [batch, head, nb, seq] buffer per block, because on CPU each extra pass over it costs as much as the matmul.
+    A fully masked row is NaN.
     """
     batch, heads, _, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
@@ -77,13 +83,15 @@ def prob_blocks(
         p = pos[:, sl].clamp_min(0)
         nb = p.shape[1]
         q = query.gather(2, p[:, None, :, None].expand(batch, heads, nb, d)).to(torch.float32)
+        if softcap is None:
+            q = q * scaling  # scaling the few queries is cheaper than scaling the scores
         # head h = kv * groups + g (repeat_kv order); fold the groups into the query axis so k is never repeated
         scores = torch.matmul(q.reshape(batch, kv_heads, groups * nb, d), k_t).view(batch, heads, nb, kv_len)
-        scores = scores * scaling
         if softcap is not None:
-            scores = softcap * torch.tanh(scores / softcap)
-        scores = scores + mask.bias(p, kv_len)
-        yield sl, torch.softmax(scores, dim=-1)
+            scores = softcap * torch.tanh(scores * (scaling / softcap))
+        mask.apply_(scores, p)
+        scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+        yield sl, scores
 
 
 def source_weights(segments: torch.Tensor) -> torch.Tensor:
@@ -138,14 +146,46 @@ def attention_shares(
     # float64 accumulator: thousands of per-block partial sums would otherwise drift by ~1e-6
     share = torch.zeros((batch, heads, N_SOURCES, N_SEGMENTS), dtype=torch.float64, device=query.device)
     n = pos.shape[1]
-    for sl, probs in prob_blocks(query, key, pos, scaling=scaling, mask=mask, block=block or max(n, 1), softcap=softcap):
-        mass = torch.matmul(probs, onehot[:, None])  # [b, h, nb, S]
+    blocks = (exp_blocks(query, key, pos, scaling=scaling, mask=mask, block=block or max(n, 1), softcap=softcap)
+              if softcap is not None else _segment_mass_sdpa(query, key, pos, onehot, scaling, mask, block or max(n, 1)))
+    for sl, mass in blocks:
+        if softcap is not None:  # exp_blocks' unnormalised numerators: every key has a segment
+            mass = torch.matmul(mass, onehot[:, None])
+            mass = mass / mass.sum(dim=-1, keepdim=True)
         wb = w[:, :, sl]
         # a query with zero weight may be fully masked (NaN row): drop it rather than multiply NaN by 0
         mass = torch.where((wb.sum(dim=1) > 0)[:, None, :, None], mass, 0.0)
         share += torch.einsum("bhns,bcn->bhcs", mass.double(), wb.double())
     empty = weights.sum(dim=2) == 0  # [b, 3]
     return share.to(torch.float32).masked_fill(empty[:, None, :, None], float("nan"))
+
+
+def _segment_mass_sdpa(
+    query: torch.Tensor, key: torch.Tensor, pos: torch.Tensor, onehot: torch.Tensor, scaling: float, mask: MaskSource,
+    block: int,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Per-segment attention mass of the queries at `pos`: yields (slice of n, [batch, head, nb, n_segments]).
+
+    The mass a query puts on each segment is its attention output with the segments' one-hot rows as
+    values, so one fused float32 SDPA call per block gives it without forming the probabilities in
+    Python (the values are zero-padded to the head dim so the fused kernels apply).
+    """
+    batch, heads, _, d = query.shape
+    groups = heads // key.shape[1]
+    k = key.to(torch.float32).repeat_interleave(groups, dim=1)  # head h uses kv head h // groups (repeat_kv order)
+    width = max(d, N_SEGMENTS)
+    v = torch.nn.functional.pad(onehot, (0, width - N_SEGMENTS))[:, None].expand(batch, heads, -1, width)
+    for start in range(0, pos.shape[1], block):
+        sl = slice(start, min(start + block, pos.shape[1]))
+        p = pos[:, sl].clamp_min(0)
+        q = query.gather(2, p[:, None, :, None].expand(batch, heads, p.shape[1], d)).to(torch.float32)
+        rows = mask.rows(p, k.shape[2])
+        # keys no query of the block may see (the causal future) are dropped: about half the work for text queries
+        seen = (rows if rows.dtype == torch.bool else rows > float("-inf")).flatten(0, 2).any(0).nonzero()
+        kmax = int(seen.max()) + 1 if seen.numel() else 1
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k[:, :, :kmax], v[:, :, :kmax], attn_mask=rows[..., :kmax], scale=scaling)
+        yield sl, out[..., :N_SEGMENTS]
 
 
 def attention_rows(
@@ -165,7 +205,7 @@ def attention_rows(
     batch, heads = query.shape[:2]
     n = query_positions.shape[1]
     rows = torch.full((batch, heads, n, key.shape[2]), float("nan"), dtype=torch.float32, device=query.device)
-    for sl, probs in prob_blocks(query, key, query_positions, scaling=scaling, mask=mask, block=block or max(n, 1), softcap=softcap):
+    for sl, expd in exp_blocks(query, key, query_positions, scaling=scaling, mask=mask, block=block or max(n, 1), softcap=softcap):
         present = (query_positions[:, sl] >= 0)[:, None, :, None]
-        rows[:, :, sl] = torch.where(present, probs, float("nan"))
+        rows[:, :, sl] = torch.where(present, expd / expd.sum(dim=-1, keepdim=True), float("nan"))
     return rows

@@ -140,7 +140,8 @@ def mir_lines(mir: xr.DataArray) -> go.Figure:
         y = mir if st is None else mir.sel(store=st)
         fig.add_trace(go.Scatter(x=mir["layer"].values, y=_fill(y.values), mode="lines+markers", name=str(st or "MIR"),
                                  line={"color": _COL.get(str(st), "#444")}))
-    fig.update_layout(title="Modality integration rate per layer", xaxis_title="layer", yaxis_title="MIR (Fréchet distance)")
+    fig.update_layout(title="Modality integration rate per layer", xaxis_title="layer", yaxis_title="MIR (Fréchet distance)",
+                      xaxis_dtick=1)
     return fig
 
 

@@ -48,6 +48,10 @@ def reading_sinks(s: xr.Dataset, source: str) -> str:
     rel = s["nonsink_share_rel_change"].sel(source=source).values
     if not np.isfinite(rel).any():
         return "no visual attention sink statistics (no visual attention)"
+    if not s.attrs.get("sink_dims_before") and not s.attrs.get("sink_dims_after"):
+        from probe.report.verdict import sinks_line
+
+        return sinks_line({"sinks": s})
     i = int(np.nanargmax(np.abs(rel)))
     layer = int(s["layer"].values[i])
     sel = s.sel(source=source).isel(layer=i)
