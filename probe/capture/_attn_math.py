@@ -1,8 +1,9 @@
-"""Exact attention probabilities for chosen queries, block by block, from post-RoPE q/k.
+"""Exact attention statistics for chosen queries, block by block, from post-RoPE q/k.
 
-Nothing here ever holds a [seq, seq] tensor per head: probabilities are formed for at most
-`block` queries at a time ([batch, head, block, seq]), and the model's 4-D mask is read by
-gathering only the rows of those queries.
+Nothing here ever holds a [seq, seq] tensor per head: per-segment shares come from one fused
+SDPA call per block of at most `block` queries (the segments' one-hot rows as values), full rows
+from probabilities formed for at most `block` queries at a time ([batch, head, block, seq]); the
+model's 4-D mask is read by gathering only the rows of those queries.
 """
 
 from __future__ import annotations
