@@ -1,18 +1,20 @@
 """Item 8 of the InternViT-Next issue: does the encoder variant change how well a tiny InternVL reads small text?
 
 Task: a 112x112 black image holds one small white glyph -- 4 Hangul syllables (가나다라) + 4 Latin capitals
-(AKRS), 20 px font (~14 px of ink, an eighth of the image side) -- and the model answers with the glyph as byte
+(AKRS), 20 px font (12-18 px of ink, about a seventh of the side) -- and the model answers with the glyph as byte
 tokens + eos (a Hangul answer is 3 UTF-8 bytes, a Latin one 1 byte). By default the glyph sits at ONE fixed
-place (top-left, --positions 1): calibration found that no A0 setting tried learned to read within the CPU
-budget once the place varied (2x2, 3x3 grid or anywhere, 14-28 px fonts, up to 1,000 steps), so with the
-defaults the 8 test images are the same 8 images seen in training: this measures whether a variant learns to
-map a small glyph to its text at all within the budget, NOT generalisation to new positions.
+place (top-left, --positions 1): calibration found no A0 setting that learned to read within the CPU budget
+once the place varied (2x2 or 3x3 grid or anywhere; 14, 20, 28 px fonts; lr 1e-3 or 3e-4; up to 600 steps,
+1,200 in an earlier 12-class run), so with the defaults the 8 test images are the same 8 images seen in
+training: this measures whether a variant learns to map a small glyph to its text at all within the budget,
+NOT generalisation to new positions.
 Model: probe's `tiny_internvl` (InternViT width 64, 2 layers, patch 8 -> 14x14 patches -> 49 pixel-unshuffle
 tokens; Qwen2 decoder width 64, 2 layers) with its tower swapped for A0, A2 (2-D RoPE + 4x4-patch windows in
 layer 0, full attention in the last layer) or A5 (A2 + spatial tokens + adaptive compression to half the grid
 tokens), trained from the same random init with `train.sft` (full fine-tuning, same examples and order, same
-steps, lr 3e-4 -- lr 1e-3 collapsed every run onto the answer prior). `configure_processor` makes the probe
-adapter build prompts with each variant's token count, so sft works unchanged.
+steps, lr 3e-4 -- at lr 1e-3 a 20 px glyph stayed at the answer prior even at one fixed place).
+`configure_processor` makes the probe adapter build prompts with each variant's token count, so sft works
+unchanged.
 Measures: accuracy = exact match of the whole answer under teacher forcing (= what greedy decoding would
 produce), overall and per script; the same on the test images blanked to black (a model that reads the image
 drops to the answer prior there, ~chance); image tokens per image; training seconds (1 CPU thread); mean loss
@@ -36,7 +38,12 @@ from probe.data.example import Example
 from probe.data.fonts import hangul_font
 from probe.models.registry import adapter_for
 from probe.models.tiny import tiny_internvl
-from train.internvit_next import configure_processor, image_token_count, swap_vision_tower, variant
+from train.internvit_next import (
+    configure_processor,
+    image_token_count,
+    swap_vision_tower,
+    variant,
+)
 from train.sft import SFTConfig, sft
 
 HANGUL, LATIN = "가나다라마바사아", "AKRSXZHM"
