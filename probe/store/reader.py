@@ -168,6 +168,10 @@ class TraceStore:
             lines.append(f"    {name:<26} {var.dtype:<8} ({', '.join(var.dims)})  {_human(size)}{site}")
         lines.append(f"  on disk: {_human(_disk_bytes(self.path))} (variables {_human(total)})")
         lines.append("  example coords: " + (", ".join(lay.example_coords) or "-"))
+        # groups written beside the capture: `probe eval` results, the decoder vocabulary
+        groups = [g for g in ("eval", "vocab") if (self.path / g / "zarr.json").is_file()]
+        if groups:
+            lines.append("  groups: " + ", ".join(f"{g} ({_human(_disk_bytes(self.path / g))})" for g in groups))
         lines.append("  provenance:")
         for key, value in sorted(self.attrs.items()):
             if key in (SKIPPED_ATTR, MARKER_ATTR):

@@ -233,6 +233,7 @@ def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, 
     path = tmp_path / "v.zarr"
     st = capture(tiny_llava_adapter, examples[:3], path, spec, progress=False)
     vocab = open_group(st, "vocab")
+    assert "groups: vocab" in st.summary()  # probe info lists it
     weight = tiny_llava_adapter.input_embeddings.weight.detach().numpy()
     np.testing.assert_array_equal(vocab["embedding"].values, weight)
     tok = tiny_llava_adapter.processor.tokenizer
