@@ -7,7 +7,7 @@ import unicodedata
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, example_chunks, require, to_str
+from probe.analysis._io import as_dataset, example_chunks, open_group, require, to_str
 from probe.analysis.cka import linear_cka
 from probe.analysis.stats import rbf_mmd2
 
@@ -21,18 +21,24 @@ def _valid_tokens(x: np.ndarray) -> np.ndarray:
     return np.asarray(x[np.isfinite(x).all(-1)], dtype=np.float64)
 
 
+def _shared_projector_examples(before: object, after: object, where: str) -> tuple[xr.Dataset, xr.Dataset, np.ndarray]:
+    """Both stores as datasets holding projector_out, and the example ids they share (sorted)."""
+    b, a = as_dataset(before), as_dataset(after)
+    for ds, name in ((b, "before"), (a, "after")):
+        require(ds, "projector_out", where=f"{where} ({name})")
+    shared = np.intersect1d(to_str(b["example"].values), to_str(a["example"].values))
+    if len(shared) == 0:
+        raise ValueError(f"{where}: the stores share no example id")
+    return b, a, shared
+
+
 def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int = 2000, seed: int = 0) -> xr.Dataset:
     """Per-example mean cosine and linear CKA of base vs fine-tuned projector_out (shared example ids), and MMD².
 
     Variables: cosine [example], cka [example], and scalar mmd2 (unbiased RBF, median heuristic,
     tokens subsampled to max_tokens_mmd per side).
     """
-    before, after = as_dataset(before), as_dataset(after)
-    for ds, name in ((before, "before"), (after, "after")):
-        require(ds, "projector_out", where=f"projector_drift ({name})")
-    shared = np.intersect1d(to_str(before["example"].values), to_str(after["example"].values))
-    if len(shared) == 0:
-        raise ValueError("projector_drift: the stores share no example id")
+    before, after, shared = _shared_projector_examples(before, after, "projector_drift")
     pb, pa = before["projector_out"].sel(example=shared), after["projector_out"].sel(example=shared)
     cos, cka = np.full(len(shared), np.nan), np.full(len(shared), np.nan)
     rng = np.random.default_rng(seed)
@@ -132,18 +138,11 @@ def vocab_drift(before: object, after: object, *, k: int = 5, max_tokens: int = 
     nearest embedding [store] (how close visual tokens sit to any word), and the fraction of tokens
     whose nearest vocabulary id changed (scalar `top1_changed`).
     """
-    from probe.analysis._io import open_group
-
     groups = {name: open_group(obj, "vocab") for name, obj in (("before", before), ("after", after))}
     missing = [name for name, g in groups.items() if g is None]
     if missing:
         raise KeyError(f"vocab_drift: store(s) {missing} lack the 'vocab' group (capture with CaptureSpec(vocab=True))")
-    b, a = as_dataset(before), as_dataset(after)
-    for ds, name in ((b, "before"), (a, "after")):
-        require(ds, "projector_out", where=f"vocab_drift ({name})")
-    shared = np.intersect1d(to_str(b["example"].values), to_str(a["example"].values))
-    if len(shared) == 0:
-        raise ValueError("vocab_drift: the stores share no example id")
+    b, a, shared = _shared_projector_examples(before, after, "vocab_drift")
     shares, nearest, top1 = [], [], []
     for ds, g in ((b, groups["before"]), (a, groups["after"])):
         tokens = _projected_tokens(ds, shared, max_tokens, seed)

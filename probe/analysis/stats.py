@@ -84,6 +84,16 @@ def bootstrap_mean_ci(x: np.ndarray, config: BootstrapConfig = BootstrapConfig()
     return np.nanmean(x, axis=0), lo, hi
 
 
+def bootstrap_scalar_ci(x: np.ndarray, config: BootstrapConfig = BootstrapConfig()) -> tuple[float, float, float]:
+    """Mean of a 1-D sample (NaN dropped) with its percentile bootstrap CI: (mean, low, high)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return (float("nan"),) * 3
+    m, lo, hi = bootstrap_mean_ci(x[:, None], config)
+    return float(m[0]), float(lo[0]), float(hi[0])
+
+
 def median_bandwidth(x: np.ndarray, y: np.ndarray | None = None, max_points: int = 2000, seed: int = 0) -> float:
     """Median pairwise Euclidean distance of the pooled sample (the median heuristic)."""
     z = x if y is None else np.concatenate([x, y])

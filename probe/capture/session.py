@@ -133,6 +133,7 @@ class Capture:
 def _split_per_example(value: torch.Tensor, units: list[int], batch: int) -> list[torch.Tensor]:
     """One [rows, d] tensor per example from a projector / vision tensor (`units`: ModelAdapter.visual_units)."""
     value = value.detach()
+    # one row per example (e.g. a CLIP tower's [batch, 1 + patches, d]): rows per unit need not be whole
     if value.dim() == 3 and value.shape[0] == batch and len(set(units)) == 1:
         return [value[b] for b in range(batch)]
     return split_rows(value, units)

@@ -11,6 +11,7 @@ import xarray as xr
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import Skipped
 from probe.analysis.stats import BootstrapConfig, bootstrap_mean_ci
+from probe.report.verdict import sinks_line
 
 
 def _pct(x: float) -> str:
@@ -49,8 +50,6 @@ def reading_sinks(s: xr.Dataset, source: str) -> str:
     if not np.isfinite(rel).any():
         return "no visual attention sink statistics (no visual attention)"
     if not s.attrs.get("sink_dims_before") and not s.attrs.get("sink_dims_after"):
-        from probe.report.verdict import sinks_line
-
         return sinks_line({"sinks": s})
     i = int(np.nanargmax(np.abs(rel)))
     layer = int(s["layer"].values[i])

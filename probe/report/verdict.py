@@ -9,7 +9,7 @@ import xarray as xr
 
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import Skipped
-from probe.analysis.stats import BootstrapConfig, bootstrap_mean_ci
+from probe.analysis.stats import BootstrapConfig, bootstrap_scalar_ci
 
 # a probe "still decodes" a label when it keeps at least half of its accuracy above chance
 KEPT_FRACTION = 0.5
@@ -17,11 +17,6 @@ KEPT_FRACTION = 0.5
 
 def _why(result: Any) -> str:
     return str(result) if isinstance(result, Skipped) else "not computed"
-
-
-def _ci(x: np.ndarray, config: BootstrapConfig) -> tuple[float, float, float]:
-    m, lo, hi = bootstrap_mean_ci(np.asarray(x, dtype=np.float64)[:, None], config)
-    return float(m[0]), float(lo[0]), float(hi[0])
 
 
 def behaviour_lines(ev: dict[str, xr.Dataset | None], config: BootstrapConfig) -> list[str]:
@@ -34,9 +29,9 @@ def behaviour_lines(ev: dict[str, xr.Dataset | None], config: BootstrapConfig) -
         vals = []
         for ds in (before, after):
             keep = (to_str(ds["example_lang"].values) == lang) & ds["example_image_dependent"].values.astype(bool)
-            keep &= ds["has_partner"].values.astype(bool) if "has_partner" in ds else True
-            x = ds["visually_dependent"].values[keep].astype(float)
-            vals.append(_ci(x, config) if len(x) else (np.nan,) * 3)
+            if "has_partner" in ds:  # without a mismatched partner, following the image is not measurable
+                keep &= ds["has_partner"].values.astype(bool)
+            vals.append(bootstrap_scalar_ci(ds["visually_dependent"].values[keep].astype(float), config))
         (b, bl, bh), (a, al, ah) = vals
         lines.append(f"behaviour ({lang}): visual dependence {b * 100:.1f}% [{bl * 100:.1f}–{bh * 100:.1f}] → "
                      f"{a * 100:.1f}% [{al * 100:.1f}–{ah * 100:.1f}]")
@@ -112,8 +107,7 @@ def drift_line(res: dict[str, Any], config: BootstrapConfig) -> str:
     d = res.get("drift")
     if d is None or isinstance(d, Skipped):
         return f"projector drift (H3): not measured ({_why(d)})"
-    cos = _ci(d["cosine"].values[np.isfinite(d["cosine"].values)], config)
-    cka = _ci(d["cka"].values[np.isfinite(d["cka"].values)], config)
+    cos, cka = bootstrap_scalar_ci(d["cosine"].values, config), bootstrap_scalar_ci(d["cka"].values, config)
     return (f"projector drift (H3): per-example cosine {cos[0]:.3f} [{cos[1]:.3f}–{cos[2]:.3f}], "
             f"linear CKA {cka[0]:.3f} [{cka[1]:.3f}–{cka[2]:.3f}] (1 = unchanged), MMD² {float(d['mmd2']):.4f}")
 
