@@ -14,7 +14,7 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
-from probe.capture.spec import CaptureSpec
+
 from probe.store.schema import (
     COMMITTED_ATTR,
     LAYOUT_ATTR,
@@ -126,10 +126,11 @@ class TraceStore:
         return json.loads(self._attrs.get(SKIPPED_ATTR, "[]"))
 
     @property
-    def capture_spec(self) -> CaptureSpec:
+    def capture_spec(self) -> dict[str, Any]:
+        """The capture spec the store was written with, as a dict (`CaptureSpec(**...)` in probe.capture)."""
         if "capture_spec" not in self._attrs:
             raise KeyError(f"store {self.path} has no capture_spec attr")
-        return CaptureSpec.from_json(self._attrs["capture_spec"])
+        return json.loads(self._attrs["capture_spec"])
 
     def check_comparable(self, other: "TraceStore") -> None:
         """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up."""
