@@ -135,8 +135,12 @@ register(Recordable(
     reduction="Segment code per position", grows={"position": "position"}))
 register(Recordable(
     "input_ids", INPUTS, ("position",), "int64", -1, lambda s: True,
-    lambda v, b: v.unpad(v.input_ids[b].to(torch.float64), b, 0, fill=-1).numpy().astype(np.int64),
-    reduction="token id per position (the decoder's input_ids)", grows={"position": "position"}))
+    lambda v, b: v.token_ids(b), reduction="token id per position (the decoder's input_ids)",
+    grows={"position": "position"}))
+register(Recordable(
+    "token", INPUTS, ("position",), "str", "", lambda s: True,
+    lambda v, b: v.token_strings(b), reduction="decoded token per position: tokenizer.decode([id])",
+    grows={"position": "position"}))
 register(Recordable(
     "query_position", INPUTS, ("query",), "int32", -1, lambda s: True,
     lambda v, b: v.query_positions(b), reduction="unpadded position of each query slot"))

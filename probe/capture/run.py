@@ -63,10 +63,18 @@ def _example_coords(batch: Sequence[Example], labels: list[str]) -> dict[str, li
         "condition": [ex.condition for ex in batch],
         "question_type": [ex.question_type for ex in batch],
         "image_dependent": [bool(ex.image_dependent) for ex in batch],
+        "group": [_group(ex) for ex in batch],
     }
     for k in labels:
         coords[f"label_{k}"] = [str(ex.labels.get(k, "")) for ex in batch]
     return coords
+
+
+def _group(ex: Example) -> str:
+    """The independent unit of an example: its manifest `group`, else its image path, else its id."""
+    if ex.group is not None:
+        return str(ex.group)
+    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
 
 
 def _variables(cap: Capture) -> dict[str, VariableSpec]:
@@ -193,7 +201,7 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_
         coords=coords,
         sizes=sizes,
         example_coords={"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool",
-                        **{f"label_{k}": "str" for k in labels}},
+                        "group": "str", **{f"label_{k}": "str" for k in labels}},
         attrs=attrs,
         examples_per_chunk=examples_per_chunk,
     )

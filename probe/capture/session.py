@@ -100,9 +100,17 @@ class BatchView:
         self.n_visual = [int((row == Segment.VISUAL).sum()) for row in self.segments]
         self._visual: dict[str, list[torch.Tensor]] = {}
 
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return self.batch.inputs["input_ids"].cpu()
+    def token_ids(self, b: int) -> np.ndarray:
+        """Example `b`'s input ids at its unpadded positions, -1 beyond: [size] int64."""
+        ids = self.batch.inputs["input_ids"][b].cpu()
+        return to_unpadded(ids, self.index[b], 0, self.size, fill=-1).numpy().astype(np.int64)
+
+    def token_strings(self, b: int) -> np.ndarray:
+        """Example `b`'s tokens decoded one by one (as the vocab group decodes them), "" beyond: [size] str."""
+        ids = self.token_ids(b)
+        n = self.lengths[b]
+        words = self.adapter.processor.tokenizer.batch_decode([[int(i)] for i in ids[:n]])
+        return np.array(words + [""] * (len(ids) - n), dtype=object).astype(np.dtypes.StringDType())
 
     def unpad(self, x: torch.Tensor, b: int, position_axis: int | None, fill: float = float("nan")) -> torch.Tensor:
         """Example `b`'s tensor with padding removed along `position_axis` (None: no position axis), on the CPU."""

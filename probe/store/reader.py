@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
@@ -153,6 +154,31 @@ class TraceStore:
             diff = _dim_difference(dim, a, b)
             if diff:
                 raise IncomparableStoresError(f"{where}: dim {dim!r} {diff}")
+        self._check_same_tokens(other, where)
+
+    def _check_same_tokens(self, other: "TraceStore", where: str, block: int = 512) -> None:
+        """Shared examples must have the same token ids at their text positions (every non-visual, non-pad one)."""
+        need = ("input_ids", "segment_ids")
+        if not all(n in self.layout.variables and n in other.layout.variables for n in need):
+            return
+        ids_a, ids_b = self.example_ids, other.example_ids
+        where_b = {e: i for i, e in enumerate(ids_b)}
+        shared = [(i, where_b[e]) for i, e in enumerate(ids_a) if e in where_b]
+        skip_a, skip_b = _non_text_codes(self.layout), _non_text_codes(other.layout)
+        for start in range(0, len(shared), block):
+            part = shared[start : start + block]
+            ta = self._text_tokens([i for i, _ in part], skip_a)
+            tb = other._text_tokens([j for _, j in part], skip_b)
+            for (i, _), x, y in zip(part, ta, tb):
+                if not np.array_equal(x, y):
+                    raise IncomparableStoresError(
+                        f"{where}: example {ids_a[i]!r} was tokenised differently ({len(x)} vs {len(y)} text tokens"
+                        f"{_first_token_difference(x, y)}); capture both with the same processor and prompt format")
+
+    def _text_tokens(self, rows: list[int], skip: list[int]) -> list[np.ndarray]:
+        ds = self.dataset[["input_ids", "segment_ids"]].isel(example=rows).compute()
+        ids, seg = ds["input_ids"].values, ds["segment_ids"].values
+        return [ids[k][~np.isin(seg[k], skip)] for k in range(len(rows))]
 
     def summary(self) -> str:
         """Human-readable schema, per-variable size on disk and provenance (for `probe info`)."""
@@ -194,6 +220,19 @@ def open_store(path: str | os.PathLike) -> TraceStore:
 
 # Capture-spec fields that change how a pass runs (or what is stored once per store) but not per-example variables.
 _RUNTIME_SPEC_FIELDS = ("batch_size", "padding_side", "blockwise_above", "block_size", "vocab")
+
+
+def _non_text_codes(layout: Layout) -> list[int]:
+    """Segment codes that are not text (visual rows, padding, past the end): their ids are not compared."""
+    names = layout.coords.get("segment", [])
+    return [-1] + [k for k, n in enumerate(names) if n in ("pad", "visual")]
+
+
+def _first_token_difference(x: np.ndarray, y: np.ndarray) -> str:
+    n = min(len(x), len(y))
+    diff = np.nonzero(x[:n] != y[:n])[0]
+    k = int(diff[0]) if diff.size else n
+    return f", first at text token {k}"
 
 
 def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:

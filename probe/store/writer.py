@@ -270,6 +270,8 @@ def _fit(name: str, value: Any, spec: VariableSpec, shape: tuple[int, ...], path
     target = spec.storage_dtype
     if hasattr(value, "detach"):  # a torch tensor slipped through
         raise TypeError(f"append to {path}: variable {name!r} is a torch tensor; pass numpy (.float().cpu().numpy())")
+    if spec.dtype == "str" and arr.dtype.kind not in "UOT":
+        raise TypeError(f"append to {path}: variable {name!r} is stored as strings but got {arr.dtype} data")
     if target.kind in "iub" and arr.dtype.kind not in "iub":
         raise TypeError(f"append to {path}: variable {name!r} is stored as {target} but got {arr.dtype} data")
     if target.kind in "iu" and arr.size and (arr.min() < np.iinfo(target).min or arr.max() > np.iinfo(target).max):
@@ -318,7 +320,7 @@ def _create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
             if spec.dtype == "bfloat16":
                 var_attrs["source_dtype"] = "bfloat16"
             group.create_array(
-                name, shape=shape, dtype=spec.storage_dtype, fill_value=spec.fill_value,
+                name, shape=shape, dtype=str if spec.dtype == "str" else spec.storage_dtype, fill_value=spec.fill_value,
                 chunks=chunk_shape((epc,) + shape[1:], spec.storage_dtype.itemsize, epc, layout.max_chunk_bytes),
                 dimension_names=list(spec.dims), attributes=var_attrs,
             )

@@ -315,3 +315,27 @@ def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
             assert n == len(want), (name, n, len(want))
             np.testing.assert_allclose(row[:n], want, **TOL)
             assert np.isnan(row[n:]).all()
+
+
+def test_input_tokens_and_group_are_stored(store, tiny_llava_adapter, examples):
+    """input_ids / token per position equal the processor's own ids (unpadded) and their one-by-one decoding."""
+    ds = store.dataset
+    tok = tiny_llava_adapter.processor.tokenizer
+    for i in (0, 4):
+        batch = tiny_llava_adapter.build_inputs([examples[i]], padding_side="right")
+        want = batch.inputs["input_ids"][0][batch.segments[0] != Segment.PAD].numpy()
+        row = ds.isel(example=i).compute()
+        n = int(row.seq_len)
+        np.testing.assert_array_equal(row.input_ids.values[:n], want)
+        assert (row.input_ids.values[n:] == -1).all()
+        assert [str(t) for t in row.token.values[:n]] == [tok.decode([int(t)]) for t in want]
+        assert all(str(t) == "" for t in row.token.values[n:])
+    assert list(ds.group.values) == [str(e.image) for e in examples]
+
+
+def test_differently_prompted_capture_is_refused(store, tiny_llava_adapter, examples, tmp_path):
+    changed = [type(e)(**{**e.__dict__, "prompt": "Answer briefly. " + e.prompt}) if k == 2 else e
+               for k, e in enumerate(examples[:4])]
+    other = capture(tiny_llava_adapter, changed, tmp_path / "p.zarr", FULL, progress=False)
+    with pytest.raises(IncomparableStoresError, match=f"example {examples[2].id!r} was tokenised differently"):
+        store.check_comparable(other)
