@@ -16,6 +16,8 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
 
+from probe.store.groups import check_group_name, list_groups, read_group, write_group
+from probe.store.lock import store_lock
 from probe.store.schema import (
     COMMITTED_ATTR,
     LAYOUT_ATTR,
@@ -180,6 +182,31 @@ class TraceStore:
         ids, seg = ds["input_ids"].values, ds["segment_ids"].values
         return [ids[k][~np.isin(seg[k], skip)] for k in range(len(rows))]
 
+    # --- groups -----------------------------------------------------------------------------------------
+    def write_group(self, name: str, dataset: xr.Dataset, config: Any = None) -> None:
+        """Write `dataset` as sub-group `name` (`eval`, `vocab`, `analysis/<name>`, `runs/<name>` ...), whole or not at
+        all, replacing one of that name; `config` (a frozen dataclass or dict) is saved as JSON in its attrs."""
+        taken = set(self.layout.variables) | set(self.layout.coords) | set(self.layout.example_coords) | {"example"}
+        check_group_name(name, taken)
+        with store_lock(self.path, "write group " + repr(name)):
+            write_group(self.path, name, dataset, config)
+
+    def read_group(self, name: str) -> xr.Dataset:
+        """Sub-group `name` as a lazy Dataset (its config: `json.loads(ds.attrs["config"])`)."""
+        return read_group(self.path, name)
+
+    def groups(self) -> list[str]:
+        """Names of the sub-groups, sorted (e.g. ['analysis/attention', 'eval', 'vocab'])."""
+        return list_groups(self.path)
+
+    def tree(self) -> xr.DataTree:
+        """The captured examples at `capture` and every group at its path, as one lazy xarray DataTree.
+
+        The capture is a sibling of the groups, not their parent: a DataTree aligns children with their
+        parent, and groups have their own `example` (an eval runs over the whole manifest) and `layer` dims.
+        """
+        return xr.DataTree.from_dict({"capture": self.dataset, **{g: self.read_group(g) for g in self.groups()}})
+
     def summary(self) -> str:
         """Human-readable schema, per-variable size on disk and provenance (for `probe info`)."""
         lay = self.layout
@@ -196,7 +223,7 @@ class TraceStore:
         lines.append(f"  on disk: {_human(_disk_bytes(self.path))} (variables {_human(total)})")
         lines.append("  example coords: " + (", ".join(lay.example_coords) or "-"))
         # groups written beside the capture: `probe eval` results, the decoder vocabulary
-        groups = [g for g in ("eval", "vocab") if (self.path / g / "zarr.json").is_file()]
+        groups = self.groups()
         if groups:
             lines.append("  groups: " + ", ".join(f"{g} ({_human(_disk_bytes(self.path / g))})" for g in groups))
         lines.append("  provenance:")
