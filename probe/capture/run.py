@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
 from probe.data.manifest import read_manifest
 from probe.models.base import BadExampleError, ModelAdapter
-from probe.provenance import provenance_attrs, weights_hash
+from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
-from probe.store import TraceStore, TraceStoreWriter, VariableSpec
+from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
 
 TL_SITES = tl_sites()
 
@@ -34,8 +35,12 @@ class _Checked:
     skipped: list[tuple[str, str]]
 
 
-def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_bad: bool, progress: bool = True) -> _Checked:
-    """Build every example's inputs once: catches bad input before anything is written, sizes the store."""
+def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_bad: bool, progress: bool = True,
+                   max_positions: int | None = None, out: Path | None = None) -> _Checked:
+    """Build every example's inputs once: catches bad input before anything is written, sizes the store.
+
+    `max_positions`: the position size of the store being resumed (fixed at its creation); a longer example is bad.
+    """
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
     max_len = max_units = 0
@@ -47,8 +52,16 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
                 raise
             skipped.append((ex.id, err.reason))
             continue
+        n = int((inputs.segments[0] != Segment.PAD).sum())
+        if max_positions is not None and n > max_positions:
+            err = BadExampleError(ex.id, f"{n} tokens, more than the {max_positions} positions of store {out} (sizes are "
+                                         "fixed when a store is created): capture it into a new store")
+            if not skip_bad:
+                raise err
+            skipped.append((ex.id, err.reason))
+            continue
         good.append(ex)
-        max_len = max(max_len, int((inputs.segments[0] != Segment.PAD).sum()))
+        max_len = max(max_len, n)
         max_units = max(max_units, adapter.visual_units(inputs)[0])
     return _Checked(good, max_len, max_units, skipped)
 
@@ -99,45 +112,85 @@ def capture(
 ) -> TraceStore:
     """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
 
-    Resumable: run the same call again after an interruption and only missing examples are captured.
+    Resumable: run the same call again after an interruption and only missing examples are captured
+    (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
+    and spec, whatever path the model is given by.
     """
-
     spec = spec or CaptureSpec()
+    out = Path(out)
+    resuming = _check_target(out)  # before loading anything
+    manifest = ""
+    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
+        manifest = str(examples)
+        examples = read_manifest(examples)
     if isinstance(model, ModelAdapter):
         adapter, model_id = model, getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__
+        digest = weights_hash(adapter.model)
     else:
         from probe.models.loading import load_model
 
         adapter, model_id = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None), str(model)
-    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        examples = read_manifest(examples)
+        digest = checkpoint_weights_hash(adapter.model, [model] + ([lora_adapter] if lora_adapter else []))
     adapter.model.eval()
-    checked = check_examples(adapter, examples, skip_bad=skip_bad, progress=progress)
-    if not checked.examples:
-        raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
     cap = Capture(adapter, spec)
-    labels = _label_names(checked.examples)
     attrs = provenance_attrs(
         model_id=model_id,
-        weights_hash=weights_hash(adapter.model),
+        weights_hash=digest,
         adapter=adapter.name,
         lora_adapter=str(lora_adapter or ""),
         capture_spec=spec.to_json(),
-        schema_version="1",
+        manifest=manifest,
+        schema_version=SCHEMA_VERSION,
     )
-    out = Path(out)
-    writer: TraceStoreWriter | None = None
+    writer = TraceStoreWriter.resume(out, attrs=attrs) if resuming else None
+    try:
+        store = _capture_into(out, writer, cap, examples, attrs, skip_bad=skip_bad, progress=progress,
+                              examples_per_chunk=examples_per_chunk)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if spec.vocab and VOCAB_GROUP not in store.groups():
+        write_vocab(adapter, out, spec.dtype)
+    return store
+
+
+def _check_target(out: Path) -> bool:
+    """Whether `out` holds a store to resume; one-line errors for a path that cannot become one."""
     if TraceStore.exists(out):
-        writer = TraceStoreWriter.resume(out, attrs=attrs)
+        check_schema_version(out)
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NotAStoreError(f"{out} exists and is not a TraceStore; refusing to write there (give another --out)")
+    return False
+
+
+def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, examples: Sequence[Example],
+                  attrs: dict[str, str], *, skip_bad: bool, progress: bool, examples_per_chunk: int) -> TraceStore:
+    adapter, spec = cap.adapter, cap.spec
     done = writer.done_ids() if writer is not None else set()
-    todo = [ex for ex in checked.examples if ex.id not in done]
-    bar = tqdm(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
+    todo = [ex for ex in examples if ex.id not in done]
+    if writer is not None and todo:
+        foreign = len(done - {ex.id for ex in examples})
+        if foreign:
+            warnings.warn(f"store {out} holds {foreign} examples that are not among these; adding {len(todo)} more "
+                          "to it (the store becomes their union)", UserWarning, stacklevel=3)
+    max_positions = len(writer.layout.coords["position"]) if writer is not None else None
+    checked = check_examples(adapter, todo, skip_bad=skip_bad, progress=progress, max_positions=max_positions, out=out)
+    if writer is None and not checked.examples:
+        raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
+    labels = _label_names(checked.examples)
+    if writer is not None:
+        labels = [c[len("label_"):] for c in writer.layout.example_coords if c.startswith("label_")]
+    n_before = len(done)
+    bar = tqdm(total=n_before + len(checked.examples), initial=n_before, desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), spec.batch_size):
-        batch_examples = todo[start : start + spec.batch_size]
+    for start in range(0, len(checked.examples), spec.batch_size):
+        batch_examples = checked.examples[start : start + spec.batch_size]
         batch = adapter.build_inputs(batch_examples, padding_side=spec.padding_side)
         batch = batch.to(next(adapter.model.parameters()).device)
-        rows = cap.collect(batch, _forward(cap, batch), n_positions=checked.max_len)
+        n_positions = max_positions or checked.max_len
+        rows = cap.collect(batch, _forward(cap, batch), n_positions=n_positions)
         if writer is None:
             first_units = adapter.visual_units(batch)[0]
             writer = _create_writer(out, cap, rows[0], first_units, checked, labels, attrs, examples_per_chunk)
@@ -148,15 +201,9 @@ def capture(
         )
         bar.update(len(batch_examples))
     bar.close()
-    if writer is None:  # everything was already captured
-        store = TraceStore.open(out)
-    else:
-        for example_id, reason in checked.skipped:
-            writer.record_skipped(example_id, reason)
-        store = writer.close()
-    if spec.vocab and not (out / VOCAB_GROUP).exists():
-        write_vocab(adapter, out, spec.dtype)
-    return store
+    for example_id, reason in checked.skipped:
+        writer.record_skipped(example_id, reason)
+    return writer.close()
 
 
 @torch.inference_mode()

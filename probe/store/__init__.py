@@ -1,8 +1,9 @@
 """TraceStore: a zarr v3 group holding one xarray Dataset, written crash-safely, read lazily (dask)."""
 
 from probe.store.lock import StoreLockedError
-from probe.store.reader import TraceStore, open_store
+from probe.store.reader import TraceStore, check_schema_version, open_store
 from probe.store.schema import (
+    SCHEMA_VERSION,
     IncomparableStoresError,
     NotAStoreError,
     StoreError,
@@ -12,6 +13,7 @@ from probe.store.schema import (
 from probe.store.writer import TraceStoreWriter
 
 __all__ = [
+    "SCHEMA_VERSION",
     "IncomparableStoresError",
     "NotAStoreError",
     "StoreError",
@@ -20,5 +22,6 @@ __all__ = [
     "TraceStore",
     "TraceStoreWriter",
     "VariableSpec",
+    "check_schema_version",
     "open_store",
 ]

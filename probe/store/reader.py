@@ -23,8 +23,10 @@ from probe.store.schema import (
     LAYOUT_ATTR,
     MARKER_ATTR,
     SKIPPED_ATTR,
+    SCHEMA_VERSION,
     IncomparableStoresError,
     Layout,
+    StoreMismatchError,
     NotAStoreError,
     first_difference,
 )
@@ -72,6 +74,15 @@ def read_group_attrs(path: Path) -> dict[str, Any]:
     return attrs
 
 
+def check_schema_version(path: str | os.PathLike) -> None:
+    """StoreError (one line) unless the store at ``path`` was written with this schema version (needed to write it)."""
+    found = str(read_group_attrs(Path(path))[MARKER_ATTR])
+    if found != SCHEMA_VERSION:
+        raise StoreMismatchError(
+            f"store {path} has store schema version {found}; this visblind writes schema {SCHEMA_VERSION} and cannot "
+            "add to it: capture into a new path (the old store stays readable)")
+
+
 class TraceStore:
     """A TraceStore on disk: committed examples only, opened lazily with dask, chunked along `example`."""
 
@@ -93,6 +104,11 @@ class TraceStore:
         """Open lazily; NotAStoreError (one line) if ``path`` is not a TraceStore."""
         path = Path(path)
         return cls(path, read_group_attrs(path))
+
+    @property
+    def schema_version(self) -> str:
+        """The store schema version it was written with ("1" for stores before input tokens and groups)."""
+        return str(self._attrs[MARKER_ATTR])
 
     @property
     def n_examples(self) -> int:
@@ -139,6 +155,9 @@ class TraceStore:
         """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up."""
         a, b = self.layout, other.layout
         where = f"stores {self.path} and {other.path}"
+        va, vb = str(self._attrs.get(MARKER_ATTR)), str(other._attrs.get(MARKER_ATTR))
+        if va != vb:
+            raise IncomparableStoresError(f"{where} have store schema versions {va} and {vb}; capture both with one version")
         if "capture_spec" in self._attrs or "capture_spec" in other._attrs:
             sa = json.loads(self._attrs.get("capture_spec", "{}"))
             sb = json.loads(other._attrs.get("capture_spec", "{}"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: input_ids/token, group coord, one layer selection, groups, writer lock
 STORE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 EXAMPLE_COORD_DTYPES = ("str", "bool", "int64", "float64")
 # Group attributes owned by the store itself (not provenance).
@@ -17,8 +17,10 @@ MARKER_ATTR = "visblind_store"
 LAYOUT_ATTR = "_visblind_layout"
 COMMITTED_ATTR = "_visblind_committed"
 SKIPPED_ATTR = "skipped"
-# Provenance attrs that may differ between an interrupted run and its resumption.
-VOLATILE_ATTRS = frozenset({"created", "versions", SKIPPED_ATTR, LAYOUT_ATTR, COMMITTED_ATTR, MARKER_ATTR})
+# Provenance attrs that may differ between an interrupted run and its resumption: times, versions, and the
+# names a model, LoRA adapter or manifest were given by (the weights hash identifies the weights).
+VOLATILE_ATTRS = frozenset({"created", "versions", "model_id", "lora_adapter", "manifest", SKIPPED_ATTR,
+                            LAYOUT_ATTR, COMMITTED_ATTR, MARKER_ATTR})
 DEFAULT_MAX_CHUNK_BYTES = 64 * 2**20
 
 

@@ -29,7 +29,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from probe.store import lock as _lock
-from probe.store.reader import TraceStore, read_group_attrs
+from probe.store.reader import TraceStore, check_schema_version, read_group_attrs
 from probe.store.schema import (
     COMMITTED_ATTR,
     DEFAULT_MAX_CHUNK_BYTES,
@@ -93,6 +93,7 @@ class TraceStoreWriter:
             if existing[LAYOUT_ATTR] != layout.to_json():
                 diff = first_difference(json.loads(existing[LAYOUT_ATTR]), json.loads(layout.to_json()))
                 raise StoreMismatchError(f"store {path} exists with a different layout ({diff}); use another path")
+            check_schema_version(path)
             _check_identity(path, existing, attrs)
             lock = _lock.acquire(path, "capture")
         self._lock = lock
@@ -113,6 +114,7 @@ class TraceStoreWriter:
         """Reopen an existing store for appending; if ``attrs`` are given, they must match the store's identity."""
         path = Path(path)
         existing = read_group_attrs(path)
+        check_schema_version(path)
         if attrs is not None:
             _check_identity(path, existing, _json_attrs(attrs))
         self = cls.__new__(cls)
@@ -150,6 +152,11 @@ class TraceStoreWriter:
         return ["example", *self._layout.example_coords, *self._layout.variables]
 
     @property
+    def layout(self) -> Layout:
+        """The store's fixed layout (variables, coords, sizes, example coords)."""
+        return self._layout
+
+    @property
     def variables(self) -> dict[str, VariableSpec]:
         return dict(self._layout.variables)
 
@@ -180,6 +187,8 @@ class TraceStoreWriter:
         values.update(self._data_values(data, k))
         self._pending.append(values)
         self._pending_ids.update(ids)
+        # a skip record is stale once its example is captured (it rides along with the next commit)
+        self._skipped = [s for s in self._skipped if s["example"] not in self._pending_ids]
         epc = self._layout.examples_per_chunk
         total = self._n + len(self._pending_ids)
         if sum(v.nbytes for b in self._pending for v in b.values()) > self._max_buffer:
