@@ -131,3 +131,18 @@ def test_weights_hash_of_an_unchanged_checkpoint_is_cached(tiny_llava_dir, tmp_p
     provenance.checkpoint_weights_hash(model, [tmp_path / "nothing-here"])
     assert len(calls) == 4
     np.testing.assert_equal(len(full), 64)
+
+
+def test_schema_1_store_is_refused_before_loading(tiny_llava_adapter, examples, tmp_path):
+    import json
+
+    from probe.store import StoreMismatchError
+
+    path = tmp_path / "s.zarr"
+    capture(tiny_llava_adapter, examples[:1], path, SPEC, progress=False)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["visblind_store"] = "1"
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreMismatchError, match="store schema version 1"):
+        capture(str(tmp_path / "no-such-model"), examples[:2], path, SPEC, progress=False)
+    assert TraceStore.open(path).n_examples == 1

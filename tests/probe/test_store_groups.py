@@ -184,3 +184,40 @@ def test_store_package_imports_no_other_part_of_probe() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert not name.startswith("probe") or name.startswith("probe.store"), (file.name, name)
+
+
+# ---------------------------------------------------------------- stores written before schema 2
+
+def _as_schema_1(path: Path) -> None:
+    """Rewrite a store's group attrs by hand as the schema-1 code wrote them (marker "1")."""
+    import json
+
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["visblind_store"] = "1"
+    meta["attributes"]["schema_version"] = "1"
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_schema_1_store_opens_and_is_refused_for_writing_in_one_line(tmp_path: Path) -> None:
+    import xarray as xr
+
+    from probe.store import StoreMismatchError
+
+    old = tmp_path / "v1.zarr"
+    variables = {"seq_len": VariableSpec(("example",), "int32", -1)}
+    w = TraceStoreWriter(old, variables=variables, example_coords=["lang"], attrs={"schema_version": "1"})
+    w.append(["a", "b"], {"lang": ["en", "ko"]}, {"seq_len": np.array([3, 4], np.int32)})
+    w.close()
+    _as_schema_1(old)
+    st = TraceStore.open(old)  # still opens and reads
+    assert st.schema_version == "1" and list(st.dataset["seq_len"].values) == [3, 4]
+    for write in (lambda: TraceStoreWriter.resume(old),
+                  lambda: TraceStoreWriter(old, variables=variables, example_coords=["lang"], attrs={"schema_version": "1"})):
+        with pytest.raises(StoreMismatchError, match="has store schema version 1; this visblind writes schema 2") as err:
+            write()
+        assert "\n" not in str(err.value)
+    new = _tokens_store(tmp_path / "v2", {"e0": ([1], [5])})
+    with pytest.raises(IncomparableStoresError, match="schema versions 2 and 1"):
+        new.check_comparable(st)
+    st.write_group("eval", xr.Dataset({"x": ("i", [1])}))  # groups can still be added to an old store
+    assert st.groups() == ["eval"]
