@@ -132,6 +132,14 @@ class LlavaAdapter(ModelAdapter):
         (base = 1) or in the padded tile grid (base = 0), where OneVision's shrinking makes them fractional;
         visual = 0 marks an `image_newline` position.
         """
+        cache = self.__dict__.setdefault("_anyres_cache", {})  # build_inputs and visual_layout ask for the same sizes
+        if image_size not in cache:
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[image_size] = self._pack_coordinates(image_size)
+        return cache[image_size]
+
+    def _pack_coordinates(self, image_size: tuple[int, int]) -> torch.Tensor:
         side = self._patches_per_side
         grid_rows, grid_cols = self._grid_shape(image_size)
         r, c = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij")

@@ -45,15 +45,9 @@ def _region(x: float, y: float, size: tuple[int, int]) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_models):
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = adapter_for(*tiny_models[family])
-        return cache[family]
-
-    return get
+def adapters(tiny_adapter):
+    """family -> its adapter over the session's tiny model."""
+    return tiny_adapter
 
 
 def _examples(sizes) -> list[Example]:
