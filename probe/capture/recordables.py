@@ -114,9 +114,15 @@ def _saved_layers(name: str, position_axis: int | None) -> Callable[["BatchView"
     return row
 
 
-def _visual(name: str) -> Callable[["BatchView", int], np.ndarray]:
+def _visual(name: str, site: str) -> Callable[["BatchView", int], np.ndarray]:
     def row(view: "BatchView", b: int) -> np.ndarray:
-        return view.visual(name)[b].float().cpu().numpy()
+        return view.visual(name, site)[b].float().cpu().numpy()
+    return row
+
+
+def _layout(attr: str, dtype: type) -> Callable[["BatchView", int], np.ndarray]:
+    def row(view: "BatchView", b: int) -> np.ndarray:
+        return np.asarray(getattr(view.layout[b], attr), dtype=dtype)
     return row
 
 
@@ -147,6 +153,23 @@ register(Recordable(
 register(Recordable(
     "n_vtoken", INPUTS, (), "int32", -1, lambda s: True,
     lambda v, b: np.int32(v.n_visual[b]), reduction="number of visual positions"))
+
+# where each visual position came from (adapter.visual_layout), aligned with projector_out's rows
+_VTOKEN = {"vtoken": "visual:projector.out"}
+for _attr in ("tile", "row", "col"):
+    register(Recordable(
+        f"visual_{_attr}", INPUTS, ("vtoken",), "int32", -1, lambda s: True, _layout(_attr, np.int32),
+        reduction=f"{_attr} of each visual position (tile index; row / col in its tile's token grid, -1 for none)",
+        grows=_VTOKEN))
+register(Recordable(
+    "visual_box", INPUTS, ("vtoken", "corner"), "float32", np.nan, lambda s: True, _layout("box", np.float32),
+    reduction="x0, y0, x1, y1 of each visual position's region in original-image pixels", grows=_VTOKEN))
+register(Recordable(
+    "visual_tile_box", INPUTS, ("vtoken", "corner"), "float32", np.nan, lambda s: True,
+    _layout("tile_box", np.float32), reduction="x0, y0, x1, y1 of its tile in original-image pixels", grows=_VTOKEN))
+register(Recordable(
+    "image_size", INPUTS, ("hw",), "int32", -1, lambda s: True, _layout("image_size", np.int32),
+    reduction="original image (height, width)"))
 
 register(Recordable(
     "attn_share", ATTENTION, ("layer", "head", "source", "segment"), "float32", np.nan, lambda s: s.attn_share,
@@ -181,15 +204,15 @@ register(Recordable(
 
 register(Recordable(
     "projector_in", MODULE, ("vtoken_in", "feature_in"), "spec", np.nan, lambda s: s.projector,
-    _visual("projector_in"), site="projector.in", io="input", reduce=_whole,
+    _visual("projector_in", "projector.in"), site="projector.in", io="input", reduce=_whole,
     reduction="projector input rows per example", grows={"vtoken_in": "visual:projector.in"}))
 register(Recordable(
     "projector_out", MODULE, ("vtoken", "feature"), "spec", np.nan, lambda s: s.projector,
-    _visual("projector_out"), site="projector.out", reduce=_whole,
+    _visual("projector_out", "projector.out"), site="projector.out", reduce=_whole,
     reduction="projector output rows per example (the visual tokens entering the decoder)",
     grows={"vtoken": "visual:projector.out"}))
 register(Recordable(
     "vision_out", MODULE, ("vpatch", "feature_vision"), "spec", np.nan, lambda s: s.vision,
-    _visual("vision_out"), site="vision.out", reduce=_whole,
+    _visual("vision_out", "vision.out"), site="vision.out", reduce=_whole,
     reduction="vision tower output rows per example", grows={"vpatch": "visual:vision.out"}))
 

@@ -17,7 +17,7 @@ from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
 from probe.data.manifest import read_manifest
-from probe.models.base import BadExampleError, ModelAdapter
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
 from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
@@ -27,43 +27,55 @@ TL_SITES = tl_sites()
 
 @dataclass(frozen=True)
 class _Checked:
-    """Examples that can be fed, their longest unpadded length and visual-unit count, and the rejects."""
+    """Examples that can be fed, the most any of them needs of each growing dim, and the rejects.
+
+    needs: size rule -> largest need ("position": unpadded length; "visual:<site>": rows at a visual site).
+    """
 
     examples: list[Example]
-    max_len: int
-    max_units: int  # ModelAdapter.visual_units: sizes the projector / vision rows of the store
+    needs: dict[str, int]
     skipped: list[tuple[str, str]]
+
+    @property
+    def max_len(self) -> int:
+        return self.needs.get("position", 0)
+
+
+def example_needs(adapter: ModelAdapter, inputs: ModelInputs) -> dict[str, int]:
+    """What one example (a batch of one) needs of each growing store dim, from its inputs alone."""
+    needs = {"position": int((inputs.segments[0] != Segment.PAD).sum())}
+    needs.update({f"visual:{site}": int(rows[0]) for site, rows in adapter.visual_row_counts(inputs).items()})
+    return needs
 
 
 def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_bad: bool, progress: bool = True,
-                   max_positions: int | None = None, out: Path | None = None) -> _Checked:
+                   limits: dict[str, tuple[str, int]] | None = None, out: Path | None = None) -> _Checked:
     """Build every example's inputs once: catches bad input before anything is written, sizes the store.
 
-    `max_positions`: the position size of the store being resumed (fixed at its creation); a longer example is bad.
+    `limits`: size rule -> (dim, size) of the store being resumed (fixed at its creation); an example needing more is bad.
     """
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
-    max_len = max_units = 0
+    most: dict[str, int] = {}
     for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
+            needs = example_needs(adapter, inputs)
+            for rule, (dim, size) in (limits or {}).items():
+                if needs.get(rule, 0) > size:
+                    what = (f"{needs[rule]} tokens, more than the {size} positions" if rule == "position" else
+                            f"{needs[rule]} rows at {rule.split(':', 1)[1]}, more than the {size} ({dim!r})")
+                    raise BadExampleError(ex.id, f"{what} of store {out} (sizes are fixed when a store is created): "
+                                                 "capture it into a new store")
         except BadExampleError as err:
             if not skip_bad:
                 raise
             skipped.append((ex.id, err.reason))
             continue
-        n = int((inputs.segments[0] != Segment.PAD).sum())
-        if max_positions is not None and n > max_positions:
-            err = BadExampleError(ex.id, f"{n} tokens, more than the {max_positions} positions of store {out} (sizes are "
-                                         "fixed when a store is created): capture it into a new store")
-            if not skip_bad:
-                raise err
-            skipped.append((ex.id, err.reason))
-            continue
         good.append(ex)
-        max_len = max(max_len, n)
-        max_units = max(max_units, adapter.visual_units(inputs)[0])
-    return _Checked(good, max_len, max_units, skipped)
+        for rule, n in needs.items():
+            most[rule] = max(most.get(rule, 0), n)
+    return _Checked(good, most, skipped)
 
 
 def _label_names(examples: Sequence[Example]) -> list[str]:
@@ -175,8 +187,9 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
         if foreign:
             warnings.warn(f"store {out} holds {foreign} examples that are not among these; adding {len(todo)} more "
                           "to it (the store becomes their union)", UserWarning, stacklevel=3)
-    max_positions = len(writer.layout.coords["position"]) if writer is not None else None
-    checked = check_examples(adapter, todo, skip_bad=skip_bad, progress=progress, max_positions=max_positions, out=out)
+    limits = _store_limits(writer, cap) if writer is not None else None
+    checked = check_examples(adapter, todo, skip_bad=skip_bad, progress=progress, limits=limits, out=out)
+    max_positions = limits["position"][1] if limits else None
     if writer is None and not checked.examples:
         raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
     labels = _label_names(checked.examples)
@@ -192,8 +205,7 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
         n_positions = max_positions or checked.max_len
         rows = cap.collect(batch, _forward(cap, batch), n_positions=n_positions)
         if writer is None:
-            first_units = adapter.visual_units(batch)[0]
-            writer = _create_writer(out, cap, rows[0], first_units, checked, labels, attrs, examples_per_chunk)
+            writer = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
         writer.append(
             [ex.id for ex in batch_examples],
             _example_coords(batch_examples, labels),
@@ -214,10 +226,21 @@ def _forward(cap: Capture, batch) -> dict:
     return saved
 
 
-def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_units: int, checked: _Checked,
+def _store_limits(writer: TraceStoreWriter, cap: Capture) -> dict[str, tuple[str, int]]:
+    """Size rule -> (dim, size) of an existing store's growing dims."""
+    lay = writer.layout
+    limits = {"position": ("position", lay.dim_size("position"))}
+    for rec in cap.recordables:
+        for dim, rule in rec.grows.items():
+            if rule != "position" and rec.name in lay.variables:
+                limits[rule] = (dim, lay.dim_size(dim))
+    return limits
+
+
+def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checked: _Checked,
                    labels: list[str], attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
-    """Create the store: labelled dims from the adapter and spec, growing dims by each recordable's rule,
-    the rest from one captured row."""
+    """Create the store: labelled dims from the adapter and spec, growing dims by each recordable's rule
+    (the most any checked example needs), the rest from one captured row."""
     adapter, spec = cap.adapter, cap.spec
     coords = {
         "layer": list(cap.layers),
@@ -227,19 +250,20 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_
         "segment": list(SEGMENT_NAMES),
         "query": list(spec.query_slots),
         "position": list(range(checked.max_len)),
+        "corner": ["x0", "y0", "x1", "y1"],
+        "hw": ["height", "width"],
     }
     sizes: dict[str, int] = {}
     for rec in cap.recordables:
         row = np.asarray(first[rec.name])
         for axis, dim in enumerate(rec.dims):
-            rule = rec.grows.get(dim)
             if dim in coords or dim in sizes:
                 continue
+            rule = rec.grows.get(dim)
             if rule is None:
                 sizes[dim] = int(row.shape[axis])
-            elif rule.startswith("visual:"):
-                # rows per visual unit (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the largest example
-                sizes[dim] = int(np.ceil(row.shape[axis] / max(first_units, 1) * checked.max_units))
+            elif rule in checked.needs:
+                sizes[dim] = checked.needs[rule]
             else:
                 raise ValueError(f"recordable {rec.name!r}: unknown size rule {rule!r} for dim {dim!r}")
     return TraceStoreWriter.create(

@@ -10,7 +10,7 @@ import torch
 from nnsight import NNsight
 
 from probe.capture.attention import AttentionRecorder
-from probe.capture.reduce import query_positions, remap_positions, split_rows, to_unpadded, unpadded_index
+from probe.capture.reduce import query_positions, remap_positions, to_unpadded, unpadded_index
 from probe.capture.recordables import ATTENTION, selected
 from probe.capture.spec import CaptureSpec
 from probe.capture.taps import plan_taps, tap
@@ -99,6 +99,7 @@ class BatchView:
         self.qpos = qpos
         self.n_visual = [int((row == Segment.VISUAL).sum()) for row in self.segments]
         self._visual: dict[str, list[torch.Tensor]] = {}
+        self._layout: list[Any] | None = None
 
     def token_ids(self, b: int) -> np.ndarray:
         """Example `b`'s input ids at its unpadded positions, -1 beyond: [size] int64."""
@@ -124,18 +125,15 @@ class BatchView:
         """One value per selected layer, stacked along a leading layer axis."""
         return torch.stack([get(i).detach().float().cpu() for i in self.layers]).numpy()
 
-    def visual(self, name: str) -> list[torch.Tensor]:
-        """Per example [rows, d] of a visual tap."""
+    def visual(self, name: str, site: str) -> list[torch.Tensor]:
+        """Per example [rows, d] of the tap `name` at visual site `site`, in the order the decoder sees the tokens."""
         if name not in self._visual:
-            self._visual[name] = _split_per_example(self.saved[name], self.adapter.visual_units(self.batch),
-                                                    len(self.lengths))
+            self._visual[name] = self.adapter.visual_rows(site, self.saved[name], self.batch)
         return self._visual[name]
 
-
-def _split_per_example(value: torch.Tensor, units: list[int], batch: int) -> list[torch.Tensor]:
-    """One [rows, d] tensor per example from a projector / vision tensor (`units`: ModelAdapter.visual_units)."""
-    value = value.detach()
-    # one row per example (e.g. a CLIP tower's [batch, 1 + patches, d]): rows per unit need not be whole
-    if value.dim() == 3 and value.shape[0] == batch and len(set(units)) == 1:
-        return [value[b] for b in range(batch)]
-    return split_rows(value, units)
+    @property
+    def layout(self) -> list[Any]:
+        """Per example, the VisualLayout of its visual positions (tile, grid place, boxes, image size)."""
+        if self._layout is None:
+            self._layout = self.adapter.visual_layout(self.batch)
+        return self._layout

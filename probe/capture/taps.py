@@ -74,21 +74,6 @@ def plan_taps(adapter: ModelAdapter, recordables: Sequence[Recordable], layers: 
     return TapPlan(tuple(sorted(wanted, key=when)))
 
 
-def _first_tensor(value: Any) -> torch.Tensor:
-    """The main tensor of a module output or input (tuples, ModelOutputs, args/kwargs pairs)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if hasattr(value, "last_hidden_state") and value.last_hidden_state is not None:
-        return value.last_hidden_state
-    if hasattr(value, "pooler_output") and value.pooler_output is not None:  # Qwen-VL visual towers
-        return value.pooler_output
-    if isinstance(value, (tuple, list)) and value:
-        return _first_tensor(value[0])
-    if isinstance(value, dict) and value:
-        return _first_tensor(next(iter(value.values())))
-    raise TypeError(f"cannot find a tensor in {type(value).__name__}")
-
-
 def tap(envoy: Any, adapter: ModelAdapter, recordables: Sequence[Recordable], plan: TapPlan, segments: torch.Tensor,
         query_positions: torch.Tensor) -> dict[Any, Any]:
     """Request every planned site inside an nnsight trace; returns saved, already-reduced tensors.
@@ -99,7 +84,7 @@ def tap(envoy: Any, adapter: ModelAdapter, recordables: Sequence[Recordable], pl
     saved: dict[Any, Any] = {}
     for site, kind, i in plan.events:
         node = envoy_at(envoy, adapter.sites[site].format(i=i))
-        tensor = _first_tensor(node.input if kind == "input" else node.output)
+        tensor = adapter.site_tensor(site, node.input if kind == "input" else node.output)
         for rec in recordables:
             if rec.source == MODULE and rec.site == site and rec.io == kind:
                 saved[rec.name if i is None else (rec.name, i)] = rec.reduce(tensor, segments, query_positions)

@@ -284,9 +284,10 @@ def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
                                     "smolvlm-split", "idefics3"])
-def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
-    """Batched capture of images with different tile / patch counts: each example's projector and vision rows
-    equal those of a forward of that example alone (torch hooks), NaN-padded beyond."""
+def test_visual_rows_per_example_in_decoder_order(tiny_models, family, tmp_path):
+    """Batched capture of images with different tile / patch counts. Oracle, per example alone (torch hooks):
+    projector_out = the decoder's input embeddings at the VISUAL positions, in sequence order; vision_out = the
+    tower's rows put in order by the adapter; the layout variables = adapter.visual_layout. NaN / -1 beyond."""
     from PIL import Image
 
     from probe.data.example import Example
@@ -301,41 +302,32 @@ def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
     ds = capture(adapter, exs, tmp_path / "s.zarr", spec, progress=False).dataset.compute()
     for i, ex in enumerate(exs):
         got = {}
-        hooks = [adapter.module(site).register_forward_hook(
-            lambda m, a, o, k=k: got.__setitem__(k, (o[0] if isinstance(o, tuple) else getattr(o, "last_hidden_state", o))))
-            for k, site in (("projector_out", "projector.out"), ("vision_out", "vision.out"))]
+        batch = adapter.build_inputs([ex])
+        hooks = [
+            adapter.decoder_layers[0].register_forward_pre_hook(
+                lambda m, a, k: got.__setitem__("embeds", (a[0] if a else k["hidden_states"])[0]), with_kwargs=True),
+            adapter.module("vision.out").register_forward_hook(lambda m, a, o: got.__setitem__("vision", o)),
+        ]
         with torch.no_grad():
-            adapter.model(**adapter.build_inputs([ex]).inputs)
+            adapter.model(**batch.inputs)
         for h in hooks:
             h.remove()
-        for name in ("projector_out", "vision_out"):
-            want = got[name].reshape(-1, got[name].shape[-1]).numpy()
+        visual = batch.segments[0] == Segment.VISUAL
+        wants = {"projector_out": got["embeds"][visual].numpy(),
+                 "vision_out": adapter.visual_rows("vision.out", adapter.site_tensor("vision.out", got["vision"]),
+                                                   batch)[0].numpy()}
+        for name, want in wants.items():
             row = ds[name].isel(example=i).values
             n = int(np.isfinite(row).all(-1).sum())
             assert n == len(want), (name, n, len(want))
             np.testing.assert_allclose(row[:n], want, **TOL)
             assert np.isnan(row[n:]).all()
-
-
-def test_input_tokens_and_group_are_stored(store, tiny_llava_adapter, examples):
-    """input_ids / token per position equal the processor's own ids (unpadded) and their one-by-one decoding."""
-    ds = store.dataset
-    tok = tiny_llava_adapter.processor.tokenizer
-    for i in (0, 4):
-        batch = tiny_llava_adapter.build_inputs([examples[i]], padding_side="right")
-        want = batch.inputs["input_ids"][0][batch.segments[0] != Segment.PAD].numpy()
-        row = ds.isel(example=i).compute()
-        n = int(row.seq_len)
-        np.testing.assert_array_equal(row.input_ids.values[:n], want)
-        assert (row.input_ids.values[n:] == -1).all()
-        assert [str(t) for t in row.token.values[:n]] == [tok.decode([int(t)]) for t in want]
-        assert all(str(t) == "" for t in row.token.values[n:])
-    assert list(ds.group.values) == [str(e.image) for e in examples]
-
-
-def test_differently_prompted_capture_is_refused(store, tiny_llava_adapter, examples, tmp_path):
-    changed = [type(e)(**{**e.__dict__, "prompt": "Answer briefly. " + e.prompt}) if k == 2 else e
-               for k, e in enumerate(examples[:4])]
-    other = capture(tiny_llava_adapter, changed, tmp_path / "p.zarr", FULL, progress=False)
-    with pytest.raises(IncomparableStoresError, match=f"example {examples[2].id!r} was tokenised differently"):
-        store.check_comparable(other)
+        layout = adapter.visual_layout(batch)[0]
+        n = int(ds["n_vtoken"].isel(example=i))
+        assert n == int(visual.sum()) == len(layout)
+        for attr in ("tile", "row", "col", "box", "tile_box"):
+            got_attr = ds[f"visual_{attr}"].isel(example=i).values
+            np.testing.assert_array_equal(got_attr[:n], getattr(layout, attr))
+        assert (ds["visual_tile"].isel(example=i).values[n:] == -1).all()
+        np.testing.assert_array_equal(ds["image_size"].isel(example=i).values, layout.image_size)
+        assert tuple(layout.image_size) == sizes[i]
