@@ -21,6 +21,7 @@ from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
 from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
+from probe.store import lock as store_lock
 
 TL_SITES = tl_sites()
 
@@ -171,6 +172,7 @@ def _check_target(out: Path) -> bool:
     """Whether `out` holds a store to resume; one-line errors for a path that cannot become one."""
     if TraceStore.exists(out):
         check_schema_version(out)
+        store_lock.release(store_lock.acquire(out, "capture"))  # another writer at work: say so before loading a model
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NotAStoreError(f"{out} exists and is not a TraceStore; refusing to write there (give another --out)")

@@ -146,3 +146,29 @@ def test_schema_1_store_is_refused_before_loading(tiny_llava_adapter, examples, 
     with pytest.raises(StoreMismatchError, match="store schema version 1"):
         capture(str(tmp_path / "no-such-model"), examples[:2], path, SPEC, progress=False)
     assert TraceStore.open(path).n_examples == 1
+
+
+def test_store_being_written_by_another_process_is_refused_before_loading(examples, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from probe.store import StoreLockedError
+
+    holder = "\n".join([
+        "import sys, time, numpy as np",
+        "from probe.store import TraceStoreWriter, VariableSpec",
+        "w = TraceStoreWriter(sys.argv[1], variables={'x': VariableSpec(('example',), 'float32', np.nan)})",
+        "print('holding', flush=True)",
+        "time.sleep(600)",
+    ])
+    path = tmp_path / "s.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        with pytest.raises(StoreLockedError, match="being written by another process"):
+            capture(str(tmp_path / "no-such-model"), examples[:1], path, SPEC, progress=False)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
