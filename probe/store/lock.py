@@ -55,7 +55,10 @@ class StoreLock:
             self._fd = None
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: the OS drops the lock with the process anyway
+            pass
 
     @property
     def held(self) -> bool:
