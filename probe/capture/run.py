@@ -14,7 +14,7 @@ from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
-from probe.data.manifest import read_manifest
+from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.models.base import BadExampleError, ModelAdapter
 from probe.provenance import provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
@@ -135,10 +135,12 @@ def capture(
         from probe.models.loading import load_model
 
         adapter, model_id = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None), str(model)
+    bad_lines: list[tuple[str, str]] = []  # with skip_bad, bad manifest lines are recorded like bad images
     if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        examples = read_manifest(examples)
+        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
     adapter.model.eval()
     checked = check_examples(adapter, examples, skip_bad=skip_bad, progress=progress)
+    checked.skipped[:0] = bad_lines
     if not checked.examples:
         raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
     cap = Capture(adapter, spec)
