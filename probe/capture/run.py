@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
@@ -16,6 +15,7 @@ from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
 from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.models.base import BadExampleError, ModelAdapter
+from probe.progress import progress_bar
 from probe.provenance import provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import TraceStore, TraceStoreWriter, VariableSpec
@@ -49,7 +49,7 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
     max_len = max_units = 0
-    for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
+    for ex in progress_bar(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
         except BadExampleError as err:
@@ -159,7 +159,7 @@ def capture(
         writer = TraceStoreWriter.resume(out, attrs=attrs)
     done = writer.done_ids() if writer is not None else set()
     todo = [ex for ex in checked.examples if ex.id not in done]
-    bar = tqdm(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
+    bar = progress_bar(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), spec.batch_size):
         batch_examples = todo[start : start + spec.batch_size]

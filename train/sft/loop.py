@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
 from probe.models.loading import save_processor
+from probe.progress import progress_bar
 from train.sft.config import SFTConfig
 from train.sft.freeze import apply_freeze, lora_target_modules
 from train.sft.state import has_state, load_state, save_state
@@ -180,7 +180,7 @@ def sft(
         _truncate_log(log_path, start)
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="sft", disable=not progress)
+    bar = progress_bar(range(start, n_steps), initial=start, total=n_steps, desc="sft", disable=not progress)
     with log_path.open("a", encoding="utf-8") as log:
         for step in bar:
             batch = [examples[i] for i in batch_indices(len(examples), step, config.batch_size, config.seed)]
