@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from probe.data.manifest import ManifestError, read_manifest
+from probe.data.manifest import ManifestError, read_manifest, read_manifest_skipping
 
 
 def _lines(tmp_path, lines: list[bytes]):
