@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
-from probe.data.manifest import read_manifest
+from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.models.base import BadExampleError, ModelAdapter
+from probe.progress import progress_bar
 from probe.provenance import provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import TraceStore, TraceStoreWriter, VariableSpec
@@ -49,7 +49,7 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
     max_len = max_units = 0
-    for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
+    for ex in progress_bar(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
         except BadExampleError as err:
@@ -135,10 +135,12 @@ def capture(
         from probe.models.loading import load_model
 
         adapter, model_id = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None), str(model)
+    bad_lines: list[tuple[str, str]] = []  # with skip_bad, bad manifest lines are recorded like bad images
     if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        examples = read_manifest(examples)
+        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
     adapter.model.eval()
     checked = check_examples(adapter, examples, skip_bad=skip_bad, progress=progress)
+    checked.skipped[:0] = bad_lines
     if not checked.examples:
         raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
     cap = Capture(adapter, spec)
@@ -157,7 +159,7 @@ def capture(
         writer = TraceStoreWriter.resume(out, attrs=attrs)
     done = writer.done_ids() if writer is not None else set()
     todo = [ex for ex in checked.examples if ex.id not in done]
-    bar = tqdm(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
+    bar = progress_bar(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), spec.batch_size):
         batch_examples = todo[start : start + spec.batch_size]

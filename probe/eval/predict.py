@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
 
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
+from probe.progress import progress_bar
 
 
 def normalise(text: str) -> str:
@@ -49,7 +49,7 @@ def rank_choices(
     flat = [replace(ex, answer=c) for ex, cands in zip(examples, choices, strict=True) for c in cands]
     scores: list[float] = []
     step = batch_size * 8
-    for start in tqdm(range(0, len(flat), step), desc="rank", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(flat), step), desc="rank", disable=not progress, leave=False):
         scores += answer_logprobs(adapter, flat[start : start + step], batch_size)
     preds: list[str] = []
     i = 0
