@@ -264,23 +264,23 @@ def _pct(x: float, lo: float = np.nan, hi: float = np.nan) -> str:
         return "–"
     if np.isnan(lo):
         return f"{100 * x:.1f}%"
-    return f"{100 * x:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}]"
+    return f"{100 * x:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
 def _scoring(ds: xr.Dataset, lg: str, q: str) -> tuple[str, str, str]:
     """(scoring, candidates source, chance note) cells of a row."""
     sel = {"lang": lg, "question_type": q}
-    if str(ds["rule"].sel(sel)) == "open":
-        return "open (exact match)", "–", "n/a"
+    if str(ds["rule"].sel(sel).item()) == "open":
+        return "open (exact match)", "none (greedy)", "n/a"
     lo, hi = int(ds["k_min"].sel(sel)), int(ds["k_max"].sel(sel))
-    return f"ranked K={lo}" if lo == hi else f"ranked K={lo}–{hi}", str(ds["source"].sel(sel)), ""
+    return f"ranked K={lo}" if lo == hi else f"ranked K={lo}–{hi}", str(ds["source"].sel(sel).item()), ""
 
 
 def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") -> Table:
     """A rich table: one row per lang x question type x kind, with its scoring rule, candidate source and intervals."""
     cfg = json.loads(ds.attrs.get("eval_config", "{}")).get("intervals", {})
     ci = int(round(100 * cfg.get("ci", 0.95)))
-    caption = (f"[lo–hi]: {ci}% cluster-bootstrap interval over independent units (example group, else image); "
+    caption = (f"\\[low, high]: {ci}% cluster-bootstrap interval over independent units (example group, else image); "
                "candidates: labels = labels.choices, file = --choices, manifest = the manifest's answers")
     missing = int(ds.attrs.get("image_dependent_missing", 0))
     if missing:
