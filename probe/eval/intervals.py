@@ -31,7 +31,9 @@ def cluster_share_ci(
     A resample draws len(set(units)) units with replacement and pools all their examples, so the share
     is (hits in drawn units) / (examples in drawn units). Returns (share, low, high), each [m].
     """
-    hits = np.asarray(hits, dtype=np.float64).reshape(-1, len(units))
+    hits = np.atleast_2d(np.asarray(hits, dtype=np.float64))
+    if hits.shape[1] != len(units):
+        raise ValueError(f"cluster_share_ci: {hits.shape[1]} examples but {len(units)} unit labels")
     if not len(units):
         nan = np.full(hits.shape[0], np.nan)
         return nan, nan.copy(), nan.copy()
