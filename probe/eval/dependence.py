@@ -219,6 +219,8 @@ def _aggregate(ds: xr.Dataset, intervals: IntervalConfig) -> xr.Dataset:
     for a, lg in enumerate(langs):
         for b, q in enumerate(qtypes):
             in_row = (lang == lg) & ((qt == q) | (q == "all"))
+            if not in_row.any():  # this language has no question of this type: rule and source stay ''
+                continue
             row_rules = sorted(set(rules[in_row].tolist()))
             if len(row_rules) != 1:  # only 'all' can get here: its question types are scored differently
                 rule[a, b] = "mixed"

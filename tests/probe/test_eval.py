@@ -237,6 +237,10 @@ def test_all_row_only_when_its_question_types_share_a_rule() -> None:
     assert str(ds["rule"].sel(lang="en", question_type="all").item()) == "mixed"
     assert int(ds["n"].sel(lang="en", question_type="all").sum()) == 0
     assert [str(ds["rule"].sel(lang="en", question_type=q).item()) for q in ("colour", "name")] == ["ranked", "open"]
+    ko_only = _eight_colour_set(langs=("ko",))
+    both = evaluate_dependence(FlagAdapter(Oracle(True), ByteDecoder()), exs + ko_only, max_choices=10, batch_size=8,
+                               progress=False)
+    assert str(both["rule"].sel(lang="ko", question_type="name").item()) == ""  # no Korean "name" questions
 
 
 def test_choices_file_is_used_and_named(tmp_path: Path) -> None:
