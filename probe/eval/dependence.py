@@ -22,7 +22,8 @@ from rich.table import Table
 
 from probe.data.example import Example
 from probe.eval.candidates import Candidates, ChoicesTable, plan_candidates
-from probe.eval.intervals import IntervalConfig, cluster_share_ci
+from probe.analysis.stats import BootstrapConfig
+from probe.eval.intervals import cluster_share_ci
 from probe.eval.normalise import answers_match, normalise
 from probe.eval.predict import greedy_answers, rank_choices
 from probe.models.base import ModelAdapter
@@ -41,7 +42,7 @@ class EvalConfig:
     seed: int = 0
     max_choices: int = 20
     choices_file: str = ""
-    intervals: IntervalConfig = IntervalConfig()
+    intervals: BootstrapConfig = BootstrapConfig()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -136,7 +137,7 @@ def evaluate_dependence(
     max_choices: int = 20,
     blank_color: tuple[int, int, int] = (0, 0, 0),
     seed: int = 0,
-    intervals: IntervalConfig = IntervalConfig(),
+    intervals: BootstrapConfig = BootstrapConfig(),
     progress: bool = True,
 ) -> xr.Dataset:
     """Per-example predictions under each image condition, and their aggregates per lang x question_type x kind.
@@ -198,7 +199,7 @@ def evaluate_dependence(
     return ds
 
 
-def _aggregate(ds: xr.Dataset, intervals: IntervalConfig) -> xr.Dataset:
+def _aggregate(ds: xr.Dataset, intervals: BootstrapConfig) -> xr.Dataset:
     """Shares with intervals per lang x question_type (plus 'all' when its types share a rule) x kind."""
     langs = sorted(set(ds["example_lang"].values.tolist()))
     qtypes = sorted(set(ds["example_question_type"].values.tolist())) + ["all"]

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from probe.analysis.stats import BootstrapConfig
 
-@dataclass(frozen=True)
-class IntervalConfig:
-    """Percentile cluster bootstrap: `n_boot` resamples of the units, central `ci` interval."""
-
-    n_boot: int = 2000
-    ci: float = 0.95
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_boot < 1:
-            raise ValueError(f"IntervalConfig.n_boot must be >= 1, got {self.n_boot}")
-        if not 0.0 < self.ci < 1.0:
-            raise ValueError(f"IntervalConfig.ci must be in (0, 1), got {self.ci}")
+__all__ = ["cluster_share_ci"]
 
 
 def cluster_share_ci(
-    hits: np.ndarray, units: Sequence[str], config: IntervalConfig = IntervalConfig()
+    hits: np.ndarray, units: Sequence[str], config: BootstrapConfig = BootstrapConfig()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Share of hits per row of `hits` [m, n] over n examples, with a percentile interval from resampling units.
 

@@ -137,13 +137,16 @@ def _shared_prefix_chunk(
                  use_cache=True, **{cache_arg: cache})
     # token m of a continuation is predicted by the prompt's last logits (m = 0) or the continuation's m-1
     logits = torch.cat([first[owner, None], step.logits[:, :-1]], dim=1)
-    scores = (_token_logprobs(logits, ids) * flags).sum(dim=1).tolist()
-    out_scores: list[list[float]] = []
-    r = 0
+    return _per_example((_token_logprobs(logits, ids) * flags).sum(dim=1).tolist(), choices)
+
+
+def _per_example(flat: list[float], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Split scores of the flattened (example, candidate) rows back per example."""
+    out, r = [], 0
     for cands in choices:
-        out_scores.append(scores[r : r + len(cands)])
+        out.append(flat[r : r + len(cands)])
         r += len(cands)
-    return out_scores
+    return out
 
 
 def candidate_logprobs(
@@ -170,11 +173,7 @@ def candidate_logprobs(
         got = _shared_prefix_chunk(adapter, exs, cands, cont)
         if got is None:
             flat = [replace(ex, answer=c) for ex, cs in zip(exs, cands) for c in cs]
-            full = answer_logprobs(adapter, flat, batch_size)
-            got, r = [], 0
-            for cs in cands:
-                got.append(full[r : r + len(cs)])
-                r += len(cs)
+            got = _per_example(answer_logprobs(adapter, flat, batch_size), cands)
         scores += got
     return scores
 

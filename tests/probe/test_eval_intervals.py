@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probe.eval.intervals import IntervalConfig, cluster_share_ci
+from probe.analysis.stats import BootstrapConfig
+from probe.eval.intervals import cluster_share_ci
 
 
 def test_duplicating_every_example_within_its_unit_changes_nothing() -> None:
@@ -36,15 +37,15 @@ def test_coverage_under_clustered_null() -> None:
     covered = 0
     for sim in range(300):
         hits = np.repeat(rng.random(40) < 0.3, 2).astype(float)[None]
-        _, lo, hi = cluster_share_ci(hits, units, IntervalConfig(n_boot=400, seed=sim))
+        _, lo, hi = cluster_share_ci(hits, units, BootstrapConfig(n_boot=400, seed=sim))
         covered += bool(lo[0] <= 0.3 <= hi[0])
     assert 0.90 <= covered / 300 <= 0.99
 
 
 def test_bad_config_and_empty_input() -> None:
     with pytest.raises(ValueError, match="n_boot"):
-        IntervalConfig(n_boot=0)
+        BootstrapConfig(n_boot=0)
     with pytest.raises(ValueError, match="ci"):
-        IntervalConfig(ci=1.0)
+        BootstrapConfig(ci=1.0)
     share, lo, hi = cluster_share_ci(np.zeros((3, 0)), [])
     assert np.isnan(share).all() and share.shape == (3,)
