@@ -15,7 +15,7 @@ from pathlib import Path
 from probe.data.example import Example
 from probe.eval.normalise import normalise
 
-SOURCES: tuple[str, ...] = ("labels", "file", "manifest", "none")
+SOURCES: tuple[str, ...] = ("labels", "file", "manifest", "function", "none")
 ChoicesTable = Mapping[tuple[str, str], Sequence[str]]
 
 
@@ -60,7 +60,7 @@ def read_choices_file(path: str | Path) -> dict[tuple[str, str], tuple[str, ...]
     return table
 
 
-def _checked(choices: Sequence[str], where: str) -> tuple[str, ...]:
+def checked_choices(choices: Sequence[str], where: str) -> tuple[str, ...]:
     """Choices as a tuple; at least two, none repeated after normalisation (a repeat would make chance not 1/K)."""
     out = tuple(str(c) for c in choices)
     if len(out) < 2:
@@ -99,10 +99,11 @@ def plan_candidates(
             raise ValueError(f"{where}: {len(given)} of {len(idx)} examples have labels.choices but {missing!r} does not; "
                              "one row cannot mix candidate sources (give choices to all or none)")
         if given:
-            plans = {i: Candidates(_checked(examples[i].labels["choices"], f"example {examples[i].id!r} labels.choices"),
-                                   "labels") for i in idx}
+            plans = {i: Candidates(checked_choices(examples[i].labels["choices"],
+                                                   f"example {examples[i].id!r} labels.choices"), "labels")
+                     for i in idx}
         elif (lang, qtype) in table:
-            shared = Candidates(_checked(table[(lang, qtype)], f"{file_name} [{lang!r}][{qtype!r}]"), "file")
+            shared = Candidates(checked_choices(table[(lang, qtype)], f"{file_name} [{lang!r}][{qtype!r}]"), "file")
             plans = dict.fromkeys(idx, shared)
         else:
             answers = sorted({normalise(examples[i].answer): examples[i].answer for i in idx
@@ -111,10 +112,14 @@ def plan_candidates(
                       else Candidates(None, "none"))
             plans = dict.fromkeys(idx, shared)
         for i, plan in plans.items():
-            ex = examples[i]
-            if plan.choices is not None and ex.answer is not None and \
-                    normalise(ex.answer) not in {normalise(c) for c in plan.choices}:
-                raise ValueError(f"example {ex.id!r}: answer {ex.answer!r} is not among its {len(plan.choices)} "
-                                 f"candidates from {plan.source} ({where})")
+            check_answer(examples[i], plan)
             out[i] = plan
     return out  # type: ignore[return-value]
+
+
+def check_answer(ex: Example, plan: Candidates) -> None:
+    """Raise when a ranked example's reference answer is not among its candidates (it could never be right)."""
+    if plan.choices is not None and ex.answer is not None and \
+            normalise(ex.answer) not in {normalise(c) for c in plan.choices}:
+        raise ValueError(f"example {ex.id!r}: answer {ex.answer!r} is not among its {len(plan.choices)} "
+                         f"candidates from {plan.source} (lang={ex.lang!r} question_type={ex.question_type!r})")

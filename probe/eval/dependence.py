@@ -21,7 +21,7 @@ from PIL import Image
 from rich.table import Table
 
 from probe.data.example import Example
-from probe.eval.candidates import Candidates, ChoicesTable, plan_candidates
+from probe.eval.candidates import Candidates, ChoicesTable, check_answer, checked_choices, plan_candidates
 from probe.analysis.stats import BootstrapConfig
 from probe.eval.intervals import cluster_share_ci
 from probe.eval.normalise import answers_match, normalise
@@ -116,7 +116,8 @@ def _predict(adapter: ModelAdapter, examples: list[Example], cands: Sequence[Can
 
 def _from_choice_fn(examples: Sequence[Example], choices: ChoiceFn) -> list[Candidates]:
     """Candidates from a caller's function (a list ranks, None scores open-ended); one rule per (lang, question type)."""
-    out = [Candidates(tuple(c), "labels") if c else Candidates(None, "none") for c in map(choices, examples)]
+    out = [Candidates(checked_choices(c, f"example {ex.id!r} choices function"), "function") if c
+           else Candidates(None, "none") for ex, c in ((ex, choices(ex)) for ex in examples)]
     rules: dict[tuple[str, str], set[str]] = {}
     for ex, c in zip(examples, out):
         rules.setdefault((ex.lang, ex.question_type), set()).add(c.rule)
@@ -124,6 +125,8 @@ def _from_choice_fn(examples: Sequence[Example], choices: ChoiceFn) -> list[Cand
     if mixed:
         raise ValueError(f"lang={mixed[0][0]!r} question_type={mixed[0][1]!r}: the choices function ranks some examples "
                          "and leaves others open-ended; one row cannot mix scoring rules")
+    for ex, c in zip(examples, out):
+        check_answer(ex, c)
     return out
 
 
@@ -284,7 +287,8 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
     cfg = json.loads(ds.attrs.get("eval_config", "{}")).get("intervals", {})
     ci = int(round(100 * cfg.get("ci", 0.95)))
     caption = (f"\\[low, high]: {ci}% cluster-bootstrap interval over independent units (example group, else image); "
-               "candidates: labels = labels.choices, file = --choices, manifest = the manifest's answers")
+               "candidates: labels = labels.choices, file = --choices, manifest = the manifest's answers, "
+               "function = the caller's choices function")
     missing = int(ds.attrs.get("image_dependent_missing", 0))
     if missing:
         caption += f"; {missing} examples without image_dependent counted as image-dependent"
