@@ -52,3 +52,24 @@ def test_mismatched_lengths_are_an_error(tiny_llava_adapter) -> None:
 def test_chunks_hold_whole_examples() -> None:
     spans = predict._chunks([["a"] * 3, ["a"] * 5, ["a"] * 2, ["a"] * 2], rows=4)
     assert [list(s) for s in spans] == [[0], [1], [2, 3]]
+
+
+def test_every_family_ranks_as_with_full_forwards(tiny_models, monkeypatch) -> None:
+    """Each tiny family: shared-prompt scores equal full forwards (atol 1e-5 + rtol 1e-6: sums reach ~75 nats, where
+    one float32 step is 7.6e-6), and the shared path is taken exactly when the adapter gives 1-D position ids."""
+    from probe.models import adapter_for
+
+    exs, choices = _cases()
+    exs, choices = exs[:3], choices[:3]
+    flat = [replace(ex, answer=c) for ex, cs in zip(exs, choices) for c in cs]
+    shared = predict._shared_prefix_chunk
+    for family in tiny_models:
+        adapter = adapter_for(*tiny_models[family])
+        used: list[bool] = []
+        monkeypatch.setattr(predict, "_shared_prefix_chunk", lambda *a: (lambda r: used.append(r is not None) or r)(shared(*a)))
+        got = np.concatenate(candidate_logprobs(adapter, exs, choices, batch_size=4))
+        monkeypatch.setattr(predict, "_shared_prefix_chunk", shared)
+        expected = np.array(answer_logprobs(adapter, flat, batch_size=4))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5, err_msg=family)
+        pos = adapter.build_inputs([replace(exs[0], answer=None)]).inputs.get("position_ids")
+        assert set(used) == {pos is not None and pos.dim() == 2}, family
