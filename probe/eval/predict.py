@@ -119,7 +119,9 @@ def _shared_prefix_chunk(
             rows.append((i, *got))
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(**inputs, use_cache=True, **extra)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     first = out.logits[:, -1]  # left padding: the last column is every prompt's last token
