@@ -56,6 +56,8 @@ def eval_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder applied to the model"),
     batch_size: int = typer.Option(32, "--batch-size"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
+    choices: Optional[Path] = typer.Option(
+        None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
 ) -> None:
     """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
     from rich.console import Console
@@ -66,7 +68,7 @@ def eval_cmd(
 
     examples = read_manifest(manifest)
     ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
-                             batch_size=batch_size)
+                             batch_size=batch_size, choices_file=choices)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
     if out is not None:
         save_dependence(ds, out)
