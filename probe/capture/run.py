@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe.capture.recordables import tl_sites
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
-from probe.data.manifest import read_manifest
+from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.progress import progress_bar
 from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
@@ -58,7 +58,7 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
     most: dict[str, int] = {}
-    for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
+    for ex in progress_bar(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
             needs = example_needs(adapter, inputs)
@@ -133,9 +133,10 @@ def capture(
     out = Path(out)
     resuming = _check_target(out)  # before loading anything
     manifest = ""
+    bad_lines: list[tuple[str, str]] = []  # with skip_bad, bad manifest lines are recorded like bad images
     if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
         manifest = str(examples)
-        examples = read_manifest(examples)
+        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
     if isinstance(model, ModelAdapter):
         adapter, model_id = model, getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__
         digest = weights_hash(adapter.model)
@@ -158,7 +159,7 @@ def capture(
     writer = TraceStoreWriter.resume(out, attrs=attrs) if resuming else None
     try:
         store = _capture_into(out, writer, cap, examples, attrs, skip_bad=skip_bad, progress=progress,
-                              examples_per_chunk=examples_per_chunk)
+                              examples_per_chunk=examples_per_chunk, bad_lines=bad_lines)
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -180,7 +181,8 @@ def _check_target(out: Path) -> bool:
 
 
 def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, examples: Sequence[Example],
-                  attrs: dict[str, str], *, skip_bad: bool, progress: bool, examples_per_chunk: int) -> TraceStore:
+                  attrs: dict[str, str], *, skip_bad: bool, progress: bool, examples_per_chunk: int,
+                  bad_lines: Sequence[tuple[str, str]] = ()) -> TraceStore:
     adapter, spec = cap.adapter, cap.spec
     done = writer.done_ids() if writer is not None else set()
     todo = [ex for ex in examples if ex.id not in done]
@@ -191,6 +193,7 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
                           "to it (the store becomes their union)", UserWarning, stacklevel=3)
     limits = _store_limits(writer, cap) if writer is not None else None
     checked = check_examples(adapter, todo, skip_bad=skip_bad, progress=progress, limits=limits, out=out)
+    checked.skipped[:0] = bad_lines
     max_positions = limits["position"][1] if limits else None
     if writer is None and not checked.examples:
         raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
@@ -198,7 +201,7 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
     if writer is not None:
         labels = [c[len("label_"):] for c in writer.layout.example_coords if c.startswith("label_")]
     n_before = len(done)
-    bar = tqdm(total=n_before + len(checked.examples), initial=n_before, desc="capture",
+    bar = progress_bar(total=n_before + len(checked.examples), initial=n_before, desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(checked.examples), spec.batch_size):
         batch_examples = checked.examples[start : start + spec.batch_size]
