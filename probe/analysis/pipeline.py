@@ -146,3 +146,56 @@ def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisCon
     out = {x.name: _run(x, x.pair, inputs, [b, a], [before, after]) for x in registry.ANALYSES if x.pair is not None}
     out["intersection"] = notes
     return out
+
+
+def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, prefix: str = "analysis") -> list[str]:
+    """Write each result into the TraceStore `store` as group `{prefix}/{name}` with `config` saved beside it.
+
+    xarray results are written as they are; dict results as one group per xarray member
+    (`{name}-{key}`) plus their scalar members as JSON in the attrs of a `{name}` group. Skipped
+    notes are not written. Returns the group names written.
+    """
+    import json
+
+    from probe.store import TraceStore
+
+    st = store if isinstance(store, TraceStore) else TraceStore.open(store)
+    written = []
+
+    def put(name: str, ds: xr.Dataset) -> None:
+        st.write_group(f"{prefix}/{name}", ds, config)
+        written.append(f"{prefix}/{name}")
+
+    def as_ds(value: Any) -> xr.Dataset:
+        return value.to_dataset(name=value.name or "value") if isinstance(value, xr.DataArray) else value
+
+    for name, value in results.items():
+        if isinstance(value, Skipped) or value is None or name == "intersection":
+            continue
+        if isinstance(value, (xr.Dataset, xr.DataArray)):
+            put(name, as_ds(value))
+        elif isinstance(value, dict):
+            scalars = {}
+            for key, member in value.items():
+                if isinstance(member, (xr.Dataset, xr.DataArray)):
+                    put(f"{name}-{key}", as_ds(member))
+                else:
+                    scalars[key] = member
+            if scalars:
+                put(name, xr.Dataset(attrs={"value": json.dumps(_plain(scalars))}))
+        else:
+            put(name, xr.Dataset(attrs={"value": json.dumps(_plain(value))}))
+    return written
+
+
+def _plain(obj: Any) -> Any:
+    """Nested numpy/python values as JSON-able python (NaN -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in np.asarray(obj, dtype=object).ravel().tolist()] if isinstance(obj, np.ndarray) else [_plain(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

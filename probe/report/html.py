@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores
+from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores, save_results
 from probe.analysis import registry
 from probe.analysis.registry import resolve
 from probe.report import summary as S
@@ -94,12 +94,13 @@ def _save(summary: dict[str, Any], page: _Page, header: str, out_html: str | Pat
 
 def compare(
     before: Any, after: Any, out_html: str | Path, out_json: str | Path | None = None, config: AnalysisConfig = AnalysisConfig(),
-    intersect: bool = False,
+    intersect: bool = False, save_to: Any = None,
 ) -> dict[str, Any]:
     """Write the before-vs-after HTML report (and JSON summary); return the summary dict.
 
     Incomparable stores raise IncomparableStoresError (one line, nothing written) unless
     `intersect`, which compares on their explicit intersection and says so at the top.
+    `save_to`: a TraceStore that receives every result as group `compare/<name>` with the config.
     """
     res = compare_stores(before, after, config, intersect_=intersect)
     page = _Page("visblind: before vs after")
@@ -116,6 +117,8 @@ def compare(
     summary["results"] = {k: v for k, v in res.items() if k not in ("eval", "intersection")}
     header = f"<p>before: {_html.escape(summary['before'])}<br>after: {_html.escape(summary['after'])}<br>created {summary['created']}<br>"
     header += _html.escape(_resampling_note(res)) + "</p>"
+    if save_to is not None:
+        summary["saved_groups"] = save_results(save_to, res, config, prefix="compare")
     if res["intersection"]:
         header = ("<p class='warn'><b>Compared on the explicit intersection of two stores that differ:</b> "
                   + "; ".join(_html.escape(n) for n in res["intersection"]) + "</p>" + header)
@@ -124,16 +127,19 @@ def compare(
 
 def report(
     store: Any, out_html: str | Path, out_json: str | Path | None = None, config: AnalysisConfig = AnalysisConfig(),
-    baseline: Any = None, intersect: bool = False,
+    baseline: Any = None, intersect: bool = False, save: bool = False,
 ) -> dict[str, Any]:
     """Single-store HTML report of analyze() (and JSON summary); return the summary dict.
 
-    With a `baseline`, the pair is checked for comparability first (see compare).
+    With a `baseline`, the pair is checked for comparability first (see compare). `save`: write
+    every result into the store as group `analysis/<name>` with the config.
     """
     res = analyze(store, config, baseline=baseline, intersect_=intersect)
     page = _Page("visblind: store analysis")
     summary: dict[str, Any] = {"store": _describe(store), "config": config.to_dict()}
     summary["readings"] = _sections(page, res, config, pair=False)
     summary["results"] = {k: v for k, v in res.items()}
+    if save:
+        summary["saved_groups"] = save_results(store, res, config)
     header = f"<p>{_html.escape(summary['store'])}<br>{_html.escape(_resampling_note(res))}</p>"
     return _save(summary, page, header, out_html, out_json)

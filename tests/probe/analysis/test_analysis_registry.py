@@ -47,3 +47,19 @@ def test_an_analysis_must_compute_something() -> None:
 
     with pytest.raises(ValueError, match="computes nothing"):
         Analysis("x", "X")
+
+
+def test_results_are_saved_as_store_groups_with_their_config(tmp_path) -> None:
+    from conftest import make_dataset, write_trace_store
+    from probe.store import TraceStore
+    from probe.store.groups import group_config
+
+    small = make_dataset(n=16)[["attn_share", "segment_ids", "seq_len", "hook_resid_post"]]
+    p = write_trace_store(tmp_path / "s", small)
+    s = report(p, tmp_path / "s.html", None, CFG, save=True)
+    st = TraceStore.open(p)
+    assert "analysis/visual_share" in s["saved_groups"] and "analysis/visual_share" in st.groups()
+    ds = st.read_group("analysis/visual_share")
+    assert group_config(ds)["bootstrap"]["n_boot"] == 50
+    truth = small["attn_share"].sel(segment="visual", layer=2, head=0, source="last_prompt").values.astype(float).mean()
+    assert abs(float(ds["mean"].sel(layer=2, head=0, source="last_prompt")) - truth) < 1e-12

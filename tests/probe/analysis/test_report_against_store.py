@@ -121,3 +121,15 @@ def test_identical_stores_say_mmd_can_be_negative(lazy_pair, tmp_path) -> None:
     mmd = summary["results"]["drift"]["data_vars"]["mmd2"]["data"]
     assert mmd <= 0 and "values at or below 0 mean no detectable difference" in line
     assert "unbiased linear CKA 1.000" in line
+
+
+def test_a_recorded_group_is_the_resampling_unit_and_the_report_says_so(tmp_path) -> None:
+    """Each image asked in en and ko (the fixture alternates languages): group = image, 10 units for 20 examples."""
+    def grouped(ds: xr.Dataset) -> xr.Dataset:
+        return ds[SMALL].assign_coords(group=("example", [f"img{i // 2}" for i in range(ds.sizes["example"])]))
+
+    pb, pa = _pair(tmp_path, grouped(make_dataset(n=20)), grouped(make_dataset(n=20, after=True)))
+    summary = compare(pb, pa, tmp_path / "r.html", None, CFG)
+    attrs = summary["results"]["collapse"]["layers"]["attrs"]
+    assert attrs["resampled"] == "group (image)" and attrs["n_units"] == 10
+    assert "Intervals resample independent units: group (image)." in (tmp_path / "r.html").read_text(encoding="utf-8")
