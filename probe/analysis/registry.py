@@ -14,7 +14,7 @@ from typing import Any
 
 import xarray as xr
 
-from probe.analysis._io import has, open_eval, open_group
+from probe.analysis._io import has, open_eval, open_group, to_str
 from probe.analysis.attention import attention_collapse, changed_band, top_changed_heads
 from probe.analysis.cka import cka_matrix, pooled_cka_with_null
 from probe.analysis.drift import projector_drift, vocab_drift
@@ -98,12 +98,22 @@ def _sinks_pair(x: Inputs) -> xr.Dataset:
     return sink_collapse(x.before, x.after, x.config.bootstrap)
 
 
+def _eval_with_groups(obj: Any, ds: xr.Dataset) -> xr.Dataset | None:
+    """The store's eval group, with `example_group` (the store's resampling unit) for its examples when recorded."""
+    ev = open_eval(obj)
+    if ev is None or "example" not in ev.dims or "group" not in ds.coords or "example_group" in ev.coords:
+        return ev
+    ids, groups = to_str(ds["example"].values), to_str(ds["group"].values)
+    unit = dict(zip(ids, groups))
+    return ev.assign_coords(example_group=("example", [unit.get(e, e) for e in to_str(ev["example"].values)]))
+
+
 def _eval_single(x: Inputs) -> xr.Dataset:
-    return open_eval(x.before_obj)
+    return _eval_with_groups(x.before_obj, x.before)
 
 
 def _eval_pair(x: Inputs) -> dict[str, xr.Dataset | None]:
-    return {"before": open_eval(x.before_obj), "after": open_eval(x.after_obj)}
+    return {"before": _eval_with_groups(x.before_obj, x.before), "after": _eval_with_groups(x.after_obj, x.after)}
 
 
 def _mir_pair(x: Inputs) -> xr.DataArray:

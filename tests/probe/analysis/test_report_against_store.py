@@ -129,7 +129,26 @@ def test_a_recorded_group_is_the_resampling_unit_and_the_report_says_so(tmp_path
         return ds[SMALL].assign_coords(group=("example", [f"img{i // 2}" for i in range(ds.sizes["example"])]))
 
     pb, pa = _pair(tmp_path, grouped(make_dataset(n=20)), grouped(make_dataset(n=20, after=True)))
+    for p, after in ((pb, False), (pa, True)):
+        _real_eval(make_dataset(n=20), after).to_zarr(p, group="eval", mode="w", consolidated=False, zarr_format=3)
+    from probe.analysis.pipeline import compare_stores
+
+    ev = compare_stores(pb, pa, CFG)["eval"]["before"]
+    assert list(ev["example_group"].values[:4]) == ["img0", "img0", "img1", "img1"]  # the store's units reach the eval
     summary = compare(pb, pa, tmp_path / "r.html", None, CFG)
+    assert any(line.startswith("behaviour (ko)") for line in summary["verdict"])
     attrs = summary["results"]["collapse"]["layers"]["attrs"]
     assert attrs["resampled"] == "group (image)" and attrs["n_units"] == 10
     assert "Intervals resample independent units: group (image)." in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_analyze_with_an_incomparable_baseline_is_refused(tmp_path) -> None:
+    from probe.report import report
+
+    b = make_dataset(n=16)[SMALL].isel(layer=[0, 1, 2])
+    a = make_dataset(n=16, after=True)[SMALL].isel(layer=[0, 1])
+    pb, pa = _pair(tmp_path, b, a)
+    with pytest.raises(IncomparableStoresError):
+        report(pa, tmp_path / "s.html", None, CFG, baseline=pb)
+    assert not (tmp_path / "s.html").exists()
+    assert report(pa, tmp_path / "s.html", None, CFG, baseline=pb, intersect=True)["results"]
