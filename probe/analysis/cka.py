@@ -262,3 +262,40 @@ def pooled_cka(a: xr.Dataset, var_a: str = "projector_out", b: xr.Dataset | None
             yield pa[ok], pb[ok]
 
     return streaming_linear_cka(batches, unbiased)
+
+
+def permutation_null_cka(x: np.ndarray, y: np.ndarray, n_perm: int = 20, seed: int = 0, unbiased: bool = True) -> tuple[float, float]:
+    """Linear CKA of X against row-shuffled Y (no relation between rows): (mean, 95th percentile) over n_perm shuffles.
+
+    The value a "no relation" pair of the same shapes scores; biased CKA of small n and large
+    d sits far above 0 here, unbiased CKA near 0.
+    """
+    rng = np.random.default_rng(seed)
+    k, l = linear_kernel(x), linear_kernel(y)  # shuffling Y's rows permutes L's rows and columns
+    vals = []
+    for _ in range(n_perm):
+        p = rng.permutation(len(y))
+        vals.append(_cka_from_kernels(k, l[np.ix_(p, p)], unbiased))
+    return float(np.mean(vals)), float(np.percentile(vals, 95))
+
+
+def pooled_cka_with_null(a: xr.Dataset, var_a: str = "projector_out", var_b: str = "vision_out", n_perm: int = 20) -> dict[str, float]:
+    """Unbiased linear CKA across examples of two example-pooled token variables, with its no-relation null.
+
+    `cka` (unbiased), `cka_biased`, and the permutation null of the unbiased value (`null_mean`,
+    `null_p95`: examples of one variable shuffled). Pooled rows are one per example, so they are held in memory.
+    """
+    a = as_dataset(a)
+    rows_a, rows_b = [], []
+    for sl in example_chunks(a):
+        pa = a[var_a].isel(example=sl).mean(a[var_a].dims[1], skipna=True).values
+        pb = a[var_b].isel(example=sl).mean(a[var_b].dims[1], skipna=True).values
+        ok = np.isfinite(pa).all(1) & np.isfinite(pb).all(1)
+        rows_a.append(pa[ok])
+        rows_b.append(pb[ok])
+    x, y = np.concatenate(rows_a).astype(np.float64), np.concatenate(rows_b).astype(np.float64)
+    if len(x) < 4:
+        raise ValueError(f"pooled_cka_with_null: {len(x)} examples with both {var_a} and {var_b} (need >= 4)")
+    null_mean, null_p95 = permutation_null_cka(x, y, n_perm)
+    return {"cka": linear_cka(x, y, unbiased=True), "cka_biased": linear_cka(x, y), "null_mean": null_mean,
+            "null_p95": null_p95, "n": int(len(x))}

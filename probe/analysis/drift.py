@@ -8,8 +8,8 @@ import numpy as np
 import xarray as xr
 
 from probe.analysis._io import as_dataset, example_chunks, open_group, require, to_str
-from probe.analysis.cka import linear_cka
-from probe.analysis.stats import rbf_mmd2
+from probe.analysis.cka import linear_cka, permutation_null_cka
+from probe.analysis.stats import groups_of, rbf_mmd2
 
 
 def _valid_tokens(x: np.ndarray) -> np.ndarray:
@@ -35,12 +35,19 @@ def _shared_projector_examples(before: object, after: object, where: str) -> tup
 def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int = 2000, seed: int = 0) -> xr.Dataset:
     """Per-example mean cosine and linear CKA of base vs fine-tuned projector_out (shared example ids), and MMD².
 
-    Variables: cosine [example], cka [example], and scalar mmd2 (unbiased RBF, median heuristic,
-    tokens subsampled to max_tokens_mmd per side).
+    Variables: cosine [example]; cka [example], the UNBIASED linear CKA (Song et al. HSIC_1) of the
+    example's tokens × features, with cka_null [example] the value the same example scores
+    against its own after-tokens shuffled across token rows (no token correspondence: near 0
+    for the unbiased form, while the biased form of 16 tokens × 128 features reads ~0.9 on
+    independent noise); cka_biased [example] for reference; scalar mmd2 (unbiased RBF, median
+    heuristic, tokens subsampled to max_tokens_mmd per side — an unbiased estimate, so it can be
+    slightly negative when the two sides do not differ). The `group` coordinate (resampling
+    unit) rides along for cluster-bootstrap intervals.
     """
     before, after, shared = _shared_projector_examples(before, after, "projector_drift")
     pb, pa = before["projector_out"].sel(example=shared), after["projector_out"].sel(example=shared)
     cos, cka = np.full(len(shared), np.nan), np.full(len(shared), np.nan)
+    cka_b, cka_null = np.full(len(shared), np.nan), np.full(len(shared), np.nan)
     rng = np.random.default_rng(seed)
     per = max(1, max_tokens_mmd // max(1, len(example_chunks(before.sel(example=shared)))))
     bag_b, bag_a = [], []
@@ -55,7 +62,10 @@ def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int =
             den = np.linalg.norm(b, axis=1) * np.linalg.norm(a, axis=1)
             cos[i] = float(np.mean(num / np.maximum(den, 1e-12)))
             if n >= 2:
-                cka[i] = linear_cka(b, a)
+                cka_b[i] = linear_cka(b, a)
+            if n >= 4:
+                cka[i] = linear_cka(b, a, unbiased=True)
+                cka_null[i] = permutation_null_cka(b, a, n_perm=5, seed=seed + i)[0]
         flat_b = xb.reshape(-1, xb.shape[-1])
         flat_a = xa.reshape(-1, xa.shape[-1])
         ok = np.flatnonzero(np.isfinite(flat_b).all(1) & np.isfinite(flat_a).all(1))
@@ -63,9 +73,11 @@ def projector_drift(before: xr.Dataset, after: xr.Dataset, max_tokens_mmd: int =
         bag_b.append(flat_b[pick])
         bag_a.append(flat_a[pick])
     mmd = rbf_mmd2(np.concatenate(bag_b), np.concatenate(bag_a))
+    groups, what = groups_of(before, shared)
     return xr.Dataset(
-        {"cosine": ("example", cos), "cka": ("example", cka), "mmd2": mmd},
-        coords={"example": shared},
+        {"cosine": ("example", cos), "cka": ("example", cka), "cka_null": ("example", cka_null),
+         "cka_biased": ("example", cka_b), "mmd2": mmd},
+        coords={"example": shared, "group": ("example", groups)}, attrs={"resampled": what},
     )
 
 

@@ -7,7 +7,15 @@ of vision and text tokens; overall MIR = log10 of the sum over layers. Deliberat
 means and covariances are accumulated chunk by chunk (store larger than memory), and the
 per-feature median used for outlier replacement is the median of per-chunk medians (exact
 when the store is one chunk).
-Text tokens are TEXT and ANSWER positions (the paper uses the text after the image).
+
+Token set, as in the authors' code: vision tokens are the VISUAL positions; text tokens are the
+TEXT and ANSWER positions AFTER the example's last visual position (a BOS or system prompt before
+the image is left out: such massive tokens otherwise dominate the text statistics).
+Deviation: their last entry is the hidden state after the final norm; the store holds residuals
+after each decoder layer (before the final norm), so our last layer is the pre-norm residual.
+Their default `--mode fast` never iterates its matrix square root (it computes tr(C1·C2), not
+tr((C1·C2)^½)), i.e. it is not the Fréchet distance; ours is the exact one, so values match
+their `--mode accurate`, the paper's definition.
 """
 
 from __future__ import annotations
@@ -41,6 +49,15 @@ def _mir_arrays(vision: np.ndarray, text: np.ndarray) -> float:
     return frechet_distance(v.mean(0), np.cov(v, rowvar=False), t.mean(0), np.cov(t, rowvar=False))
 
 
+def token_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
+    """Bool [example, position] masks of the vision tokens and of the text tokens after each example's image."""
+    visual = seg == int(Segment.VISUAL)
+    pos = np.arange(seg.shape[1])[None, :]
+    last_visual = np.where(visual.any(1), np.where(visual, pos, -1).max(1), seg.shape[1])[:, None]
+    text = np.isin(seg, (int(Segment.TEXT), int(Segment.ANSWER))) & (pos > last_visual)
+    return {"vision": visual, "text": text}
+
+
 def modality_integration_rate(ds: xr.Dataset) -> xr.DataArray:
     """Per-layer MIR [layer] from hook_resid_post_tokens; attrs['overall'] = log10(Σ layers)."""
     ds = as_dataset(ds)
@@ -48,15 +65,15 @@ def modality_integration_rate(ds: xr.Dataset) -> xr.DataArray:
     h = ds["hook_resid_post_tokens"].transpose("example", "layer", "position", "feature")
     n_l, d = h.sizes["layer"], h.sizes["feature"]
     chunks = example_chunks(ds)
-    classes = {"vision": (int(Segment.VISUAL),), "text": (int(Segment.TEXT), int(Segment.ANSWER))}
+    classes = ("vision", "text")
     # Pass 1: token norms per layer/class, and per-chunk per-feature medians (before scaling).
     norms = {c: [[] for _ in range(n_l)] for c in classes}
     medians = {c: [[] for _ in range(n_l)] for c in classes}
     for sl in chunks:
         x = h.isel(example=sl).values.astype(np.float64)
-        seg = ds["segment_ids"].isel(example=sl).values
-        for c, codes in classes.items():
-            e, p = np.nonzero(np.isin(seg, codes))
+        masks = token_masks(ds["segment_ids"].isel(example=sl).values)
+        for c in classes:
+            e, p = np.nonzero(masks[c])
             if len(e) == 0:
                 continue
             tok = x[e, :, p, :]  # [n, L, d]
@@ -80,9 +97,9 @@ def modality_integration_rate(ds: xr.Dataset) -> xr.DataArray:
     # Pass 2: accumulate means and covariances after normalisation and outlier replacement.
     for sl in chunks:
         x = h.isel(example=sl).values.astype(np.float64)
-        seg = ds["segment_ids"].isel(example=sl).values
-        for c, codes in classes.items():
-            e, p = np.nonzero(np.isin(seg, codes))
+        masks = token_masks(ds["segment_ids"].isel(example=sl).values)
+        for c in classes:
+            e, p = np.nonzero(masks[c])
             tok = x[e, :, p, :]
             for li, st in stats.items():
                 t = tok[:, li] * st[c]["scale"]
@@ -101,4 +118,5 @@ def modality_integration_rate(ds: xr.Dataset) -> xr.DataArray:
         res[li] = frechet_distance(*moments)
     total = np.nansum(res)
     return xr.DataArray(res, dims="layer", coords={"layer": h["layer"].values}, name="mir",
-                        attrs={"overall": float(np.log10(total)) if total > 0 else float("nan")})
+                        attrs={"overall": float(np.log10(total)) if total > 0 else float("nan"),
+                               "text_tokens": "text after the image", "last_layer": "pre-final-norm residual"})

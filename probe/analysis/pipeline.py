@@ -1,23 +1,26 @@
-"""Run every analysis a store (or a pair of stores) supports; sections lacking inputs are skipped with a note."""
+"""Run every registered analysis a store (or a pair of stores) supports; the rest are skipped with a note.
+
+A pair is first checked with `TraceStore.check_comparable`: incomparable stores are refused with its
+one-line reason, unless the caller asks for the explicit intersection (`intersect=True`), which is
+then described in `res["intersection"]` for the report to state at the top.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, has, open_eval, open_group
-from probe.analysis.attention import attention_collapse, share_change, top_changed_heads
-from probe.analysis.cka import CKAMemoryError, cka_matrix, pooled_cka
-from probe.analysis.drift import projector_drift, vocab_drift
-from probe.analysis.keyspace import KeyspaceConfig, compare_keyspace, keyspace_ood
-from probe.analysis.mir import modality_integration_rate
-from probe.analysis.probes import ProbeConfig, compare_probes, label_names, linear_probes
-from probe.analysis.sinks import sink_collapse, sink_summary
-from probe.analysis.stats import BootstrapConfig, bootstrap_mean_ci
+from probe.analysis._io import as_dataset, to_str
+from probe.analysis.cka import CKAMemoryError
+from probe.analysis.keyspace import KeyspaceConfig
+from probe.analysis.probes import ProbeConfig
+from probe.analysis import registry
+from probe.analysis.registry import Inputs, skip_reason
+from probe.analysis.stats import BootstrapConfig
 
 
 @dataclass(frozen=True)
@@ -33,112 +36,166 @@ class AnalysisConfig:
         if self.top_k_heads < 1:
             raise ValueError(f"top_k_heads must be >= 1, got {self.top_k_heads}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (saved beside every result)."""
+        return dataclasses.asdict(self)
+
 
 class Skipped(str):
     """A one-line note saying why a section was not computed."""
 
 
-def _run(name: str, needs: list[str], stores: list[xr.Dataset], fn: Callable[[], Any]) -> Any:
-    """fn() when every store holds `needs`, else a Skipped note."""
-    for ds in stores:
-        missing = [n for n in needs if not has(ds, n)]
-        if missing:
-            return Skipped(f"{name}: skipped, store lacks {', '.join(missing)}")
+def _store(obj: Any) -> Any:
+    """The TraceStore behind a path or TraceStore, or None for an in-memory Dataset / plain zarr."""
+    from probe.store import NotAStoreError, TraceStore
+
+    if isinstance(obj, TraceStore):
+        return obj
+    if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
+        try:
+            return TraceStore.open(obj)
+        except NotAStoreError:
+            return None
+    return None
+
+
+def check_pair(before: Any, after: Any) -> None:
+    """Raise IncomparableStoresError (one line) when two TraceStores cannot be compared as they are."""
+    sb, sa = _store(before), _store(after)
+    if sb is not None and sa is not None:
+        sb.check_comparable(sa)
+
+
+def intersect(b: xr.Dataset, a: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset, list[str]]:
+    """Both datasets restricted to what they share (variables, examples, labelled coordinates, captured layers).
+
+    Returns the restricted pair and one note per restriction made, for the report's header.
+    """
+    notes = []
+    only_b = sorted(set(b.data_vars) - set(a.data_vars))
+    only_a = sorted(set(a.data_vars) - set(b.data_vars))
+    if only_b or only_a:
+        notes.append(f"variables in one store only left out: before {only_b or '-'}, after {only_a or '-'}")
+    keep = sorted(set(b.data_vars) & set(a.data_vars))
+    b, a = b[keep], a[keep]
+    ib, ia = to_str(b["example"].values), to_str(a["example"].values)
+    shared = [e for e in ib if e in set(ia)]
+    if len(shared) < len(ib) or len(shared) < len(ia):
+        notes.append(f"examples: {len(shared)} shared ({len(ib)} before, {len(ia)} after)")
+        b, a = b.sel(example=shared), a.sel(example=shared)
+    for dim in sorted(set(b.dims) & set(a.dims) - {"example"}):
+        if dim not in b.coords or dim not in a.coords:
+            continue
+        vb, va = list(b[dim].values), list(a[dim].values)
+        if vb == va:
+            continue
+        common = [v for v in vb if v in set(va)]
+        notes.append(f"{dim}: {len(common)} shared ({len(vb)} before, {len(va)} after)")
+        b, a = b.sel({dim: common}), a.sel({dim: common})
+    if "attn_share" in b and "layer" in b["attn_share"].dims:
+        # CaptureSpec(layers=...) stores unselected layers as all-NaN rows: they are not captured.
+        rec = [b["attn_share"].notnull().any([d for d in b["attn_share"].dims if d != "layer"]).values,
+               a["attn_share"].notnull().any([d for d in a["attn_share"].dims if d != "layer"]).values]
+        both = np.asarray(rec[0]) & np.asarray(rec[1])
+        if not both.all():
+            layers = b["layer"].values[both]
+            notes.append(f"attention layers recorded in both: {[int(x) for x in layers]} of {[int(x) for x in b['layer'].values]}")
+            b, a = b.sel(layer=layers), a.sel(layer=layers)
+    for dim in sorted(set(b.dims) ^ set(a.dims)):
+        notes.append(f"dim {dim!r} in one store only")
+    return b, a, notes
+
+
+def _run(analysis: Any, fn: Any, inputs: Inputs, datasets: list[xr.Dataset], objects: list[Any]) -> Any:
+    why = skip_reason(analysis, datasets, objects)
+    if why:
+        return Skipped(f"{analysis.heading}: skipped, {why}")
     try:
-        return fn()
+        return fn(inputs)
     except CKAMemoryError as err:
-        return Skipped(f"{name}: skipped, {err}")
+        return Skipped(f"{analysis.heading}: skipped, {err}")
 
 
-def _visual_share_mean(ds: xr.Dataset, config: BootstrapConfig) -> xr.Dataset:
-    """Mean visual share per layer × head × source with a bootstrap CI over examples."""
-    v = ds["attn_share"].sel(segment="visual").transpose("example", "layer", "head", "source")
-    x = v.values
-    mean, lo, hi = bootstrap_mean_ci(x.reshape(len(x), -1), config)
-    shape = x.shape[1:]
-    dims = ("layer", "head", "source")
-    coords = {d: v[d].values for d in dims}
-    return xr.Dataset({"mean": (dims, mean.reshape(shape)), "low": (dims, lo.reshape(shape)), "high": (dims, hi.reshape(shape))}, coords=coords)
+def analyze(ds: Any, config: AnalysisConfig = AnalysisConfig(), baseline: Any = None, intersect_: bool = False) -> dict[str, Any]:
+    """Every single-store analysis: name -> result, or a Skipped note.
+
+    With a `baseline` store, the pair is first checked as in compare_stores (refused when
+    incomparable unless `intersect_`), so a single-store report never mixes incomparable stores.
+    """
+    if baseline is not None and not intersect_:
+        check_pair(baseline, ds)
+    obj, data = ds, as_dataset(ds)
+    inputs = Inputs(data, None, obj, None, config)
+    return {a.name: _run(a, a.single, inputs, [data], [obj]) for a in registry.ANALYSES if a.single is not None}
 
 
-def analyze(ds: Any, config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
-    """Every single-store analysis: name -> xarray result, or a Skipped note."""
-    eval_ds = open_eval(ds)
-    ds = as_dataset(ds)
-    s = [ds]
-    out: dict[str, Any] = {
-        "visual_share": _run("visual share", ["attn_share"], s, lambda: _visual_share_mean(ds, config.bootstrap)),
-        "sinks": _run("attention sinks", ["attn_pattern", "hook_resid_post_tokens", "segment_ids"], s, lambda: sink_summary(ds)),
-        "keyspace": _run("key-space OOD", ["hook_rot_k", "segment_ids"], s, lambda: keyspace_ood(ds, config.keyspace)),
-        "probes": (
-            _run("linear probes", [], s, lambda: linear_probes(ds, config=config.probes))
-            if label_names(ds) and (has(ds, "hook_resid_post") or has(ds, "hook_resid_post_pooled"))
-            else Skipped("linear probes: skipped, store lacks label_* coordinates or residuals")
-        ),
-        "mir": _run("modality integration rate", ["hook_resid_post_tokens", "segment_ids"], s, lambda: modality_integration_rate(ds)),
-        "cka": _run("CKA layer × layer", ["hook_resid_post"], s, lambda: cka_matrix(ds, site="last_prompt")),
-        "projector_vision_cka": _run("CKA projector vs vision tower", ["projector_out", "vision_out"], s, lambda: pooled_cka(ds)),
-    }
-    out["eval"] = eval_ds if eval_ds is not None else Skipped("behavioural evaluation: skipped, store has no eval group")
-    return out
+def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisConfig(), intersect_: bool = False) -> dict[str, Any]:
+    """Every before-vs-after analysis: name -> result, or a Skipped note.
 
-
-def _significant_band(collapse: xr.Dataset, source: str) -> list[int]:
-    """Layers whose head-mean CI excludes 0, with the sign of the largest change; all layers if none."""
-    rel = collapse["layer_rel_change"].sel(source=source).values
-    lo = collapse["layer_rel_low"].sel(source=source).values
-    hi = collapse["layer_rel_high"].sel(source=source).values
-    layers = collapse["layer"].values
-    sig = (lo > 0) | (hi < 0)
-    if not sig.any() or not np.isfinite(rel).any():
-        return [int(x) for x in layers]
-    sign = np.sign(rel[np.nanargmax(np.where(sig, np.abs(rel), -np.inf))])
-    return [int(layer) for layer, r, ok in zip(layers, rel, sig) if ok and np.sign(r) == sign]
-
-
-def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
-    """Every before-vs-after analysis: name -> xarray result / dict, or a Skipped note."""
-    eval_b, eval_a = open_eval(before), open_eval(after)
+    Incomparable TraceStores raise IncomparableStoresError with check_comparable's one-line reason;
+    with `intersect_=True` they are compared on their explicit intersection instead, described in
+    `res["intersection"]` (a list of notes, empty when nothing had to be left out).
+    """
+    notes: list[str] = []
     b, a = as_dataset(before), as_dataset(after)
-    s = [b, a]
-    out: dict[str, Any] = {}
-    out["collapse"] = _run("attention collapse", ["attn_share"], s, lambda: attention_collapse(b, a, config.bootstrap))
-    if not isinstance(out["collapse"], Skipped):
-        c = out["collapse"]
-        out["top_heads"] = top_changed_heads(c, "last_prompt" if "last_prompt" in c["source"].values else str(c["source"].values[0]), config.top_k_heads)
-        bands = {}
-        for src in c["source"].values:
-            band = _significant_band(c, str(src))
-            bands[str(src)] = {"layers": band, **share_change(b, a, band, str(src), config.bootstrap)}
-        out["collapse_band"] = bands
-    out["sinks"] = _run("attention sinks", ["attn_pattern", "hook_resid_post_tokens", "segment_ids"], s, lambda: sink_collapse(b, a, config.bootstrap))
-    out["keyspace"] = _run("key-space OOD", ["hook_rot_k", "segment_ids"], s, lambda: compare_keyspace(b, a, config.keyspace))
-    if label_names(b) and label_names(a):
-        out["probes"] = _run("linear probes", [], s, lambda: compare_probes(b, a, config.probes))
+    if intersect_:
+        b, a, notes = intersect(b, a)
     else:
-        out["probes"] = Skipped("linear probes: skipped, stores lack label_* coordinates")
-    out["drift"] = _run("projector drift", ["projector_out"], s, lambda: projector_drift(b, a))
-    if open_group(before, "vocab") is not None and open_group(after, "vocab") is not None:
-        out["vocab_drift"] = _run("projector drift vs vocabulary", ["projector_out"], s, lambda: vocab_drift(before, after))
-    else:
-        out["vocab_drift"] = Skipped("projector drift vs vocabulary: skipped, stores lack the 'vocab' group "
-                                     "(capture with CaptureSpec(vocab=True))")
-    out["mir"] = _run("modality integration rate", ["hook_resid_post_tokens", "segment_ids"], s, lambda: _mir_pair(b, a))
-    out["cka"] = _run("CKA before vs after", ["hook_resid_post"], s, lambda: cka_matrix(b, a, site="last_prompt"))
-    out["projector_vision_cka"] = _run(
-        "CKA projector vs vision tower", ["projector_out", "vision_out"], s,
-        lambda: {"before": pooled_cka(b), "after": pooled_cka(a)},
-    )
-    if eval_b is not None or eval_a is not None:
-        out["eval"] = {"before": eval_b, "after": eval_a}
-    else:
-        out["eval"] = Skipped("behavioural evaluation: skipped, stores have no eval group")
+        check_pair(before, after)
+    inputs = Inputs(b, a, before, after, config)
+    out = {x.name: _run(x, x.pair, inputs, [b, a], [before, after]) for x in registry.ANALYSES if x.pair is not None}
+    out["intersection"] = notes
     return out
 
 
-def _mir_pair(b: xr.Dataset, a: xr.Dataset) -> xr.DataArray:
-    """Per-layer MIR of both stores on a `store` dim; overall values in attrs."""
-    mb, ma = modality_integration_rate(b), modality_integration_rate(a)
-    out = xr.concat([mb, ma], dim="store", join="inner").assign_coords(store=["before", "after"])
-    out.attrs.update(overall_before=mb.attrs["overall"], overall_after=ma.attrs["overall"])
-    return out
+def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, prefix: str = "analysis") -> list[str]:
+    """Write each result into the TraceStore `store` as group `{prefix}/{name}` with `config` saved beside it.
+
+    xarray results are written as they are; dict results as one group per xarray member
+    (`{name}-{key}`) plus their scalar members as JSON in the attrs of a `{name}` group. Skipped
+    notes are not written. Returns the group names written.
+    """
+    import json
+
+    from probe.store import TraceStore
+
+    st = store if isinstance(store, TraceStore) else TraceStore.open(store)
+    written = []
+
+    def put(name: str, ds: xr.Dataset) -> None:
+        st.write_group(f"{prefix}/{name}", ds, config)
+        written.append(f"{prefix}/{name}")
+
+    def as_ds(value: Any) -> xr.Dataset:
+        return value.to_dataset(name=value.name or "value") if isinstance(value, xr.DataArray) else value
+
+    for name, value in results.items():
+        if isinstance(value, Skipped) or value is None or name == "intersection":
+            continue
+        if isinstance(value, (xr.Dataset, xr.DataArray)):
+            put(name, as_ds(value))
+        elif isinstance(value, dict):
+            scalars = {}
+            for key, member in value.items():
+                if isinstance(member, (xr.Dataset, xr.DataArray)):
+                    put(f"{name}-{key}", as_ds(member))
+                else:
+                    scalars[key] = member
+            if scalars:
+                put(name, xr.Dataset(attrs={"value": json.dumps(_plain(scalars))}))
+        else:
+            put(name, xr.Dataset(attrs={"value": json.dumps(_plain(value))}))
+    return written
+
+
+def _plain(obj: Any) -> Any:
+    """Nested numpy/python values as JSON-able python (NaN -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in np.asarray(obj, dtype=object).ravel().tolist()] if isinstance(obj, np.ndarray) else [_plain(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,4 +1,12 @@
-"""Linear probes: is the label still decodable from the residual stream (gone vs unused)?"""
+"""Linear probes: is the label still decodable from the residual stream (gone vs unused)?
+
+Cross-validation splits by the `group` coordinate (an image asked in two languages never sits
+on both sides of a split; without `group`, by example, said in attrs['resampled']), and each
+probe is paired with a control: the same probe on labels shuffled across groups (Hewitt &
+Liang, EMNLP 2019). `selectivity` = accuracy − control accuracy is the information beyond what
+the probe's capacity fits to arbitrary labels. The best layer is a selection on the same folds:
+readings call it exploratory.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from probe.analysis._io import as_dataset, to_str
+from probe.analysis.stats import groups_of
 
 SITES = ("visual_pooled", "last_prompt")
 
@@ -53,25 +62,38 @@ def _site_array(ds: xr.Dataset, site: str) -> xr.DataArray | None:
     return None
 
 
-def probe_accuracy(x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConfig()) -> tuple[float, float, float]:
-    """(CV accuracy of a standardised logistic regression, majority-class chance, SD over folds) for X [n, d], labels y."""
+def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Control-task labels: each group gets the label of a randomly chosen other group (class balance kept)."""
+    ug, first, inv = np.unique(groups, return_index=True, return_inverse=True)
+    perm = np.random.default_rng(seed).permutation(len(ug))
+    return y[first][perm][inv.ravel()]
+
+
+def probe_accuracy(
+    x: np.ndarray, y: np.ndarray, config: ProbeConfig = ProbeConfig(), groups: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """(Group-CV accuracy of a standardised logistic regression, majority-class chance, SD over folds) for X [n, d], labels y.
+
+    Folds never split a group (None: each row its own group).
+    """
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     ok = np.isfinite(x).all(1) & (y != "")
-    x, y = x[ok], y[ok]
+    x, y, groups = x[ok], y[ok], groups[ok]
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         return float("nan"), float("nan"), float("nan")
     chance = float(counts.max() / counts.sum())
-    folds = int(min(config.cv, counts.min()))
+    folds = int(min(config.cv, counts.min(), len(np.unique(groups))))
     if folds < 2:
         return float("nan"), chance, float("nan")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=config.c, max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
-    scores = cross_val_score(clf, x.astype(np.float64), y, cv=cv)
+    cv = StratifiedGroupKFold(folds, shuffle=True, random_state=config.seed)
+    scores = cross_val_score(clf, x.astype(np.float64), y, cv=cv, groups=groups)
     return float(np.mean(scores)), chance, float(np.std(scores))
 
 
 def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: ProbeConfig = ProbeConfig()) -> xr.Dataset:
-    """CV accuracy (and its SD over folds) and chance per (layer, site, label); sites visual_pooled and last_prompt."""
+    """Group-CV accuracy (SD over folds), shuffled-label control accuracy, selectivity and chance per (layer, site, label)."""
     ds = as_dataset(ds)
     labels = probe_labels(ds) if labels is None else labels
     sites = [s for s in SITES if _site_array(ds, s) is not None]
@@ -81,9 +103,11 @@ def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: Probe
     idx = np.arange(n)
     if n > config.max_examples:
         idx = np.sort(np.random.default_rng(config.seed).choice(n, config.max_examples, replace=False))
+    groups, what = groups_of(ds)
+    groups = groups[idx]
     layers = _site_array(ds, sites[0])["layer"].values
     acc = np.full((len(layers), len(sites), len(labels)), np.nan)
-    chance, sd = np.full_like(acc, np.nan), np.full_like(acc, np.nan)
+    chance, sd, control = np.full_like(acc, np.nan), np.full_like(acc, np.nan), np.full_like(acc, np.nan)
     for si, site in enumerate(sites):
         arr = _site_array(ds, site).isel(example=idx).transpose("example", "layer", "feature")
         for li, layer in enumerate(layers):
@@ -92,12 +116,14 @@ def linear_probes(ds: xr.Dataset, labels: list[str] | None = None, config: Probe
             x = arr.sel(layer=layer).values  # one layer at a time: [n, feature]
             for bi, lab in enumerate(labels):
                 y = to_str(ds[f"label_{lab}"].values[idx])
-                acc[li, si, bi], chance[li, si, bi], sd[li, si, bi] = probe_accuracy(x, y, config)
+                acc[li, si, bi], chance[li, si, bi], sd[li, si, bi] = probe_accuracy(x, y, config, groups)
+                control[li, si, bi] = probe_accuracy(x, shuffled_labels(y, groups, config.seed + 1), config, groups)[0]
+    dims = ("layer", "site", "label")
     return xr.Dataset(
-        {"accuracy": (("layer", "site", "label"), acc), "chance": (("layer", "site", "label"), chance),
-         "accuracy_sd": (("layer", "site", "label"), sd)},
+        {"accuracy": (dims, acc), "chance": (dims, chance), "accuracy_sd": (dims, sd),
+         "control_accuracy": (dims, control), "selectivity": (dims, acc - control)},
         coords={"layer": layers, "site": sites, "label": labels},
-        attrs={"cv": config.cv, "seed": config.seed},
+        attrs={"cv": config.cv, "seed": config.seed, "resampled": what, "cv_split_by": what.split(" ")[0]},
     )
 
 

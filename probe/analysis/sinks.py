@@ -7,6 +7,13 @@ detected from the store as massive-activation dims (peak |h| >= massive_ratio ×
 most layers, Sun et al. 2024), not taken from a per-model table; tau defaults to
 20·sqrt(d/4096), the paper's tau=20 for d_model=4096 rescaled because |h_i / rms(h)| <= sqrt(d);
 and a sink token must also be massive in raw magnitude (see `sink_mask`).
+
+As in Kang et al.: only attention layers 2 onward are analysed, each with the sink tokens of the
+residual state ENTERING it (the store's state after layer l-1); a before/after comparison
+detects the dimensions once, on the base (before) store, and uses them on both sides. Guard
+(ours): a candidate dimension that is large on many tokens (a dense "outlier feature",
+Dettmers et al. 2022, not a sink carrier) is dropped: more than `max_token_frac` of tokens over
+the massive threshold in it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from probe.analysis._io import as_dataset, example_chunks, require, to_str
-from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change
+from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change, groups_of
 from probe.segments import Segment
 
 
@@ -30,44 +37,57 @@ def rms_normalized_abs(h: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return np.abs(h / np.sqrt(np.mean(h**2, axis=-1, keepdims=True) + eps))
 
 
-def massive_dim_scores(ds: xr.Dataset) -> xr.DataArray:
+def massive_dim_scores(ds: xr.Dataset, massive_ratio: float = 20.0) -> xr.DataArray:
     """Peak |h_dim| / median |h| per layer × feature over every valid token (chunk by chunk).
 
     The median is the median of per-chunk medians (exact for one chunk). attrs['median']
-    holds it per layer.
+    holds it per layer; attrs['token_frac'] [layer, feature] the fraction of tokens whose |h_dim|
+    is >= massive_ratio × their chunk's median |h| (how dense the dimension is).
     """
     ds = as_dataset(ds)
     require(ds, "hook_resid_post_tokens", "segment_ids", where="massive_dim_scores")
     h = ds["hook_resid_post_tokens"].transpose("example", "layer", "position", "feature")
     peak = np.zeros((h.sizes["layer"], h.sizes["feature"]))
     medians = []
+    over, n_tok = np.zeros_like(peak), 0
     for sl in example_chunks(ds):
         x = h.isel(example=sl).values
         valid = ds["segment_ids"].isel(example=sl).values >= 0  # [e, p]
         e, p = np.nonzero(valid)
         tok = np.abs(x[e, :, p, :])  # [n, L, d], valid tokens only
         peak = np.fmax(peak, tok.max(axis=0))
-        medians.append(np.median(np.moveaxis(tok, 1, 0).reshape(tok.shape[1], -1), axis=1))
+        chunk_med = np.median(np.moveaxis(tok, 1, 0).reshape(tok.shape[1], -1), axis=1)
+        medians.append(chunk_med)
+        over += (tok >= massive_ratio * chunk_med[None, :, None]).sum(0)
+        n_tok += len(tok)
     med = np.median(np.stack(medians), axis=0)
     score = peak / np.maximum(med, 1e-12)[:, None]
-    return xr.DataArray(score, dims=("layer", "feature"), coords={"layer": h["layer"].values}, attrs={"median": med.tolist()})
+    return xr.DataArray(score, dims=("layer", "feature"), coords={"layer": h["layer"].values},
+                        attrs={"median": med.tolist(), "token_frac": (over / max(n_tok, 1)).tolist()})
 
 
 def find_sink_dims(
-    ds: xr.Dataset, massive_ratio: float = 20.0, min_layer_frac: float = 0.5, top_k: int = 4
+    ds: xr.Dataset, massive_ratio: float = 20.0, min_layer_frac: float = 0.5, top_k: int = 4, max_token_frac: float = 0.2
 ) -> xr.DataArray:
     """Sink dimensions: features whose peak |h| exceeds massive_ratio × median |h| in >= min_layer_frac of layers.
 
-    At most top_k, ranked by the mean ratio over layers; empty when the model has no massive activations.
+    Dense dimensions (over the threshold on more than max_token_frac of tokens in those layers,
+    averaged) are dropped. At most top_k, ranked by the mean ratio over layers; empty when the
+    model has no massive activations. attrs['dense_dims'] lists the dropped ones.
     """
-    scores = massive_dim_scores(ds)
-    frac = (scores >= massive_ratio).mean("layer").values
+    scores = massive_dim_scores(ds, massive_ratio)
+    massive = (scores >= massive_ratio).values
+    frac = massive.mean(0)
     mean = scores.mean("layer").values
-    cand = np.flatnonzero(frac >= min_layer_frac)
+    tok = np.asarray(scores.attrs["token_frac"])
+    dense_frac = np.where(massive, tok, 0.0).sum(0) / np.maximum(massive.sum(0), 1)
+    dense = np.flatnonzero((frac >= min_layer_frac) & (dense_frac > max_token_frac))
+    cand = np.flatnonzero((frac >= min_layer_frac) & (dense_frac <= max_token_frac))
     cand = cand[np.argsort(-mean[cand], kind="stable")][:top_k]
     return xr.DataArray(
         np.sort(cand).astype(np.int64), dims="sink_dim",
-        attrs={"massive_ratio": massive_ratio, "median": scores.attrs["median"], "layer": scores["layer"].values.tolist()},
+        attrs={"massive_ratio": massive_ratio, "median": scores.attrs["median"], "layer": scores["layer"].values.tolist(),
+               "dense_dims": dense.tolist()},
     )
 
 
@@ -90,7 +110,7 @@ def sink_mask(
     if len(dims) == 0:
         return (visual & False).expand_dims(layer=h["layer"].values).transpose("example", "layer", "position")
     if med is None:
-        med = massive_dim_scores(ds).attrs["median"]
+        med = massive_dim_scores(ds, massive_ratio).attrs["median"]
     med = xr.DataArray(np.asarray(med, dtype=np.float64), dims="layer", coords={"layer": h["layer"].values})
     hd = abs(h.isel(feature=dims).astype(np.float64))
     rms = np.sqrt((h.astype(np.float64) ** 2).mean("feature") + 1e-6)
@@ -98,14 +118,16 @@ def sink_mask(
     return (hit & visual).transpose("example", "layer", "position")
 
 
+FIRST_LAYER = 2  # Kang et al. analyse layers 2 onward (the first two layers have no sinks yet)
+
+
 def _mask_for_attention_layers(mask: xr.DataArray, attn_layers: np.ndarray) -> xr.DataArray:
-    """Per attention layer l, the sink mask from the residual entering l (after l-1), else after l."""
+    """Per attention layer l >= 2, the sink mask of the residual entering l (the state after l-1); others dropped."""
     have = set(int(x) for x in mask["layer"].values)
     picks, keep = [], []
     for layer in attn_layers:
-        src = int(layer) - 1 if int(layer) - 1 in have else (int(layer) if int(layer) in have else None)
-        if src is not None:
-            picks.append(src)
+        if int(layer) >= FIRST_LAYER and int(layer) - 1 in have:
+            picks.append(int(layer) - 1)
             keep.append(int(layer))
     m = mask.sel(layer=picks).assign_coords(layer=keep)
     return m
@@ -170,14 +192,24 @@ def sink_summary(ds: xr.Dataset, dims: xr.DataArray | None = None, tau: float | 
 def sink_collapse(before: xr.Dataset, after: xr.Dataset, config: BootstrapConfig = BootstrapConfig()) -> xr.Dataset:
     """Before vs after of sink and non-sink visual share per layer × source (head mean), bootstrap CI.
 
-    Sink dimensions are detected per store (each model has its own).
+    `*_sim_low/high`: simultaneous bands over the layers of each source (see attention_collapse).
+
+    Sink dimensions are detected once, on the base (before) store, and used for both sides (Kang
+    et al.); the massive-magnitude rule uses each store's own median |h|. Cluster bootstrap over
+    the `group` coordinate when recorded.
     """
     before, after = as_dataset(before), as_dataset(after)
-    pb, pa = _per_example(before, find_sink_dims(before), None), _per_example(after, find_sink_dims(after), None)
+    dims = find_sink_dims(before)
+    pb, pa = _per_example(before, dims, None), _per_example(after, np.asarray(dims), None)
     layers = np.intersect1d(pb["layer"].values, pa["layer"].values)
     sources = [s for s in pb["source"].values if s in set(pa["source"].values)]
     shared = np.intersect1d(to_str(pb["example"].values), to_str(pa["example"].values))
     paired = len(shared) >= 2
+    if paired:
+        gb, what = groups_of(before, shared)
+        ga = None
+    else:
+        (gb, what), (ga, _) = groups_of(before, pb["example"].values), groups_of(after, pa["example"].values)
     out = xr.Dataset(coords={"layer": layers, "source": sources})
     for var in ("sink_share", "nonsink_share"):
         b = pb[var].sel(layer=layers, source=sources).mean("head")
@@ -186,8 +218,11 @@ def sink_collapse(before: xr.Dataset, after: xr.Dataset, config: BootstrapConfig
             b, a = b.sel(example=shared), a.sel(example=shared)
         xb = b.transpose("example", "layer", "source").values
         xa = a.transpose("example", "layer", "source").values
-        res = bootstrap_relative_change(xb.reshape(len(xb), -1), xa.reshape(len(xa), -1), paired, config)
+        per_source = [np.arange(len(layers)) * len(sources) + si for si in range(len(sources))]
+        res = bootstrap_relative_change(xb.reshape(len(xb), -1), xa.reshape(len(xa), -1), paired, config,
+                                        groups=gb, groups_after=ga, simultaneous=per_source)
         for k, arr in res.items():
             out[f"{var}_{k}"] = (("layer", "source"), arr.reshape(len(layers), len(sources)))
-    out.attrs.update(sink_dims_before=pb.attrs["sink_dims"], sink_dims_after=pa.attrs["sink_dims"], paired=int(paired))
+    out.attrs.update(sink_dims=pb.attrs["sink_dims"], sink_dims_detected_on="before", dense_dims=dims.attrs["dense_dims"],
+                     paired=int(paired), resampled=what, first_layer=FIRST_LAYER)
     return out

@@ -38,13 +38,13 @@ def collapse_layers(collapse: xr.Dataset) -> go.Figure:
                 line={"color": _COL[name]}, showlegend=i == 1,
                 error_y=None if name == "before" else {
                     "type": "data", "symmetric": False,
-                    "array": _fill(collapse["layer_diff_high"].sel(source=src).values - collapse["layer_diff"].sel(source=src).values),
-                    "arrayminus": _fill(collapse["layer_diff"].sel(source=src).values - collapse["layer_diff_low"].sel(source=src).values),
+                    "array": _fill(collapse["layer_diff_sim_high"].sel(source=src).values - collapse["layer_diff"].sel(source=src).values),
+                    "arrayminus": _fill(collapse["layer_diff"].sel(source=src).values - collapse["layer_diff_sim_low"].sel(source=src).values),
                 },
             ), row=1, col=i)
         fig.update_xaxes(title_text="layer", row=1, col=i)
     fig.update_yaxes(title_text="visual share", row=1, col=1)
-    fig.update_layout(title="Visual attention share per layer (mean over heads; bars: CI of the change)")
+    fig.update_layout(title="Visual attention share per layer (mean over heads; bars: simultaneous CI of the change over layers)")
     return fig
 
 
@@ -105,16 +105,17 @@ def probe_lines(pr: xr.Dataset) -> go.Figure:
 
 
 def cka_heatmap(m: xr.DataArray, title: str = "Linear CKA") -> go.Figure:
-    """Layer × layer CKA matrix."""
+    """Layer × layer CKA matrix (unbiased CKA can dip below 0, its no-relation value)."""
+    low = min(0.0, float(np.nanmin(m.values))) if np.isfinite(m.values).any() else 0.0
     fig = go.Figure(go.Heatmap(z=[_fill(r) for r in m.values], x=[str(x) for x in m["layer_b"].values],
-                               y=[str(y) for y in m["layer_a"].values], zmin=0, zmax=1, colorscale="Viridis"))
+                               y=[str(y) for y in m["layer_a"].values], zmin=low, zmax=1, colorscale="Viridis"))
     fig.update_layout(title=title, xaxis_title="layer (b)", yaxis_title="layer (a)")
     return fig
 
 
 def drift_hist(drift: xr.Dataset) -> go.Figure:
     """Per-example cosine and CKA between base and fine-tuned projector outputs."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["cosine", "linear CKA"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["cosine (no relation: 0)", "unbiased linear CKA (no relation: ~0)"])
     fig.add_trace(go.Histogram(x=_fill(drift["cosine"].values), name="cosine"), row=1, col=1)
     fig.add_trace(go.Histogram(x=_fill(drift["cka"].values), name="CKA"), row=1, col=2)
     fig.update_layout(title="Projector drift per example", showlegend=False)
@@ -152,3 +153,48 @@ def visual_share_heatmap(vs: xr.Dataset, source: str = "last_prompt") -> go.Figu
                                y=[str(l) for l in vs["layer"].values], colorscale="Viridis"))
     fig.update_layout(title=f"Visual attention share ({source})", xaxis_title="head", yaxis_title="layer")
     return fig
+
+
+# Registry views: each takes one analysis result and returns the figures (or HTML) of its section.
+
+def visual_share_figures(vs: xr.Dataset) -> list:
+    return [visual_share_heatmap(vs, str(vs["source"].values[0]))]
+
+
+def collapse_figures(res: dict) -> list:
+    import html as _html
+
+    c, top = res["layers"], res["top_heads"]
+    src = str(top.attrs.get("source", c["source"].values[0]))
+    note = (f"<h3>Heads that changed most (exploratory: the top {top.sizes['rank']} of {top.attrs.get('n_candidates', '?')} "
+            "heads, selected on the same data as their pointwise intervals)</h3>")
+    return [collapse_layers(c), collapse_heatmap(c, src), note + top.to_dataframe().reset_index().round(4).to_html(index=False)
+            .replace("<table", f"<table title='{_html.escape(src)}'", 1)]
+
+
+def sink_figures(s: xr.Dataset) -> list:
+    return [sink_bars(s, str(s["source"].values[0]))]
+
+
+def keyspace_figures(ks: xr.Dataset) -> list:
+    return [keyspace_lines(ks)]
+
+
+def probe_figures(pr: xr.Dataset) -> list:
+    return [probe_lines(pr)]
+
+
+def drift_figures(d: xr.Dataset) -> list:
+    return [drift_hist(d)]
+
+
+def vocab_figures(v: xr.Dataset) -> list:
+    return [vocab_script_bars(v)]
+
+
+def mir_figures(m: xr.DataArray) -> list:
+    return [mir_lines(m)]
+
+
+def cka_figures(m: xr.DataArray) -> list:
+    return [cka_heatmap(m, "Unbiased linear CKA (no relation: ~0; identical up to rotation/scale: 1)")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -10,8 +11,7 @@ import xarray as xr
 
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import Skipped
-from probe.analysis.stats import BootstrapConfig, bootstrap_mean_ci
-from probe.report.verdict import sinks_line
+from probe.report.verdict import drift_lines, sinks_lines
 
 
 def _pct(x: float) -> str:
@@ -38,72 +38,79 @@ def _verb(rel: float, lo: float, hi: float) -> str:
     return f"changed {rel * 100:+.1f}% [{lo * 100:+.1f}% to {hi * 100:+.1f}%] (CI includes 0)"
 
 
-def reading_collapse(band: dict[str, Any], source: str, ci: float) -> str:
-    """e.g. 'visual share from last_prompt at layers 2–3 fell 31% [24–38%] (0.50 → 0.35; 95% CI)'."""
-    return (f"visual share from {source} at {_band(band['layers'])} {_verb(band['rel_change'], band['rel_low'], band['rel_high'])} "
-            f"({band['before']:.3f} → {band['after']:.3f}; {ci * 100:.0f}% bootstrap CI)")
+def reading_collapse(res: dict[str, Any], config: Any) -> str:
+    """e.g. 'visual share from last_prompt at layers 2–3 fell 31% [24–38%] (0.50 → 0.35; ...)' per source."""
+    c = res["layers"]
+    ci = c.attrs.get("ci", 0.95)
+    parts = []
+    for source, band in res["band"].items():
+        how = ("layers chosen where the simultaneous band over layers excludes 0; interval valid after that choice"
+               if band.get("selected") else "no layer changed beyond the simultaneous band: all layers")
+        parts.append(f"visual share from {source} at {_band(band['layers'])} {_verb(band['rel_change'], band['rel_low'], band['rel_high'])} "
+                     f"({band['before']:.3f} → {band['after']:.3f}; {ci * 100:.0f}% cluster-bootstrap CI, {how})")
+    return " · ".join(parts) + f". Resampled: {c.attrs.get('resampled', 'examples')}, {c.attrs.get('n_units', '?')} units."
 
 
-def reading_sinks(s: xr.Dataset, source: str) -> str:
-    """Largest change of non-sink visual share, with the sink share beside it."""
+def reading_sinks(s: xr.Dataset, config: Any = None) -> str:
+    """Largest change of non-sink visual share (simultaneous band over layers), with the sink share beside it."""
+    source = str(s["source"].values[0])
     rel = s["nonsink_share_rel_change"].sel(source=source).values
+    if not s.attrs.get("sink_dims"):
+        return sinks_lines(s)[0]
     if not np.isfinite(rel).any():
         return "no visual attention sink statistics (no visual attention)"
-    if not s.attrs.get("sink_dims_before") and not s.attrs.get("sink_dims_after"):
-        return sinks_line({"sinks": s})
     i = int(np.nanargmax(np.abs(rel)))
     layer = int(s["layer"].values[i])
     sel = s.sel(source=source).isel(layer=i)
-    return (f"at layer {layer} ({source}) non-sink visual share {_verb(float(sel['nonsink_share_rel_change']), float(sel['nonsink_share_rel_low']), float(sel['nonsink_share_rel_high']))}, "
-            f"sink share {_verb(float(sel['sink_share_rel_change']), float(sel['sink_share_rel_low']), float(sel['sink_share_rel_high']))}; "
-            f"sink dims before {s.attrs.get('sink_dims_before')}, after {s.attrs.get('sink_dims_after')}")
+    return (f"at layer {layer} ({source}), the layer of largest change, non-sink visual share "
+            f"{_verb(float(sel['nonsink_share_rel_change']), float(sel['nonsink_share_rel_sim_low']), float(sel['nonsink_share_rel_sim_high']))}, "
+            f"sink share {_verb(float(sel['sink_share_rel_change']), float(sel['sink_share_rel_sim_low']), float(sel['sink_share_rel_sim_high']))} "
+            f"(simultaneous bands over layers {s.attrs.get('first_layer', 2)}+); sink dims {s.attrs.get('sink_dims')} detected on the "
+            f"base store and used for both; dense outlier dims left out: {s.attrs.get('dense_dims') or 'none'}")
 
 
-def reading_keyspace(ks: xr.Dataset) -> str:
+def reading_keyspace(ks: xr.Dataset, config: Any = None) -> str:
     """Mean over layers and kv heads of the Mahalanobis distance and AUC, pooled over langs."""
     m = ks.sel(lang="all").mean(("layer", "kv_head"), skipna=True)
     parts = []
     for st in ks["store"].values:
         x = m.sel(store=st)
         parts.append(f"{st}: Mahalanobis {float(x['mahalanobis']):.2f} (text baseline {float(x['mahalanobis_text']):.2f}), "
-                     f"kNN {float(x['knn']):.2f} (baseline {float(x['knn_text']):.2f}), MMD² {float(x['mmd2']):.3f}, "
-                     f"AUC {float(x['auc']):.2f} ± {float(x['auc_sd']):.2f} (SD over CV folds)")
+                     f"kNN {float(x['knn']):.2f} (baseline {float(x['knn_text']):.2f}), MMD² {float(x['mmd2']):.3f} (no difference: 0), "
+                     f"AUC {float(x['auc']):.2f} ± {float(x['auc_sd']):.2f} (SD over CV folds; no difference: 0.5)")
     return "visual keys vs text keys (mean over layers): " + "; ".join(parts)
 
 
-def reading_probes(pr: xr.Dataset) -> str:
-    """Best-layer probe accuracy per site and label, before → after, with chance."""
+def reading_probes(pr: xr.Dataset, config: Any = None) -> str:
+    """Best-layer probe accuracy per site and label (exploratory), with its shuffled-label control."""
     parts = []
+    stores = list(pr["store"].values) if "store" in pr.dims else [None]
     for site in pr["site"].values:
         for lab in pr["label"].values:
-            acc = pr["accuracy"].sel(site=site, label=lab)
-            sd = pr["accuracy_sd"].sel(site=site, label=lab)
-            ch = float(pr["chance"].sel(site=site, label=lab).max())
             vals = []
-            for st in pr["store"].values:
-                a = acc.sel(store=st).values
+            for st in stores:
+                sub = pr if st is None else pr.sel(store=st)
+                a = sub["accuracy"].sel(site=site, label=lab).values
                 if not np.isfinite(a).any():
                     vals.append("n/a")
                     continue
                 i = int(np.nanargmax(a))
-                vals.append(f"{a[i]:.2f} ± {float(sd.sel(store=st).values[i]):.2f} (layer {int(acc['layer'].values[i])})")
+                ctl = float(sub["control_accuracy"].sel(site=site, label=lab).values[i])
+                sd = float(sub["accuracy_sd"].sel(site=site, label=lab).values[i])
+                vals.append(f"{a[i]:.2f} ± {sd:.2f} (layer {int(pr['layer'].values[i])}; shuffled-label control {ctl:.2f})")
+            ch = float(pr["chance"].sel(site=site, label=lab).max())
             if vals != ["n/a"] * len(vals):
-                parts.append(f"{lab}@{site} {vals[0]} → {vals[-1]} (chance {ch:.2f})")
-    return "best-layer probe accuracy (± SD over CV folds) " + "; ".join(parts)
+                parts.append(f"{lab}@{site} {' → '.join(vals)} (chance {ch:.2f})")
+    return ("best-layer probe accuracy (exploratory: the best of each store's layers, chosen on the same folds; ± SD over "
+            f"{pr.attrs.get('cv_split_by', 'example')}-grouped CV folds) " + "; ".join(parts))
 
 
-def reading_drift(d: xr.Dataset, config: BootstrapConfig) -> str:
-    """Mean per-example cosine and CKA with bootstrap CIs, and MMD²."""
-    out = []
-    for var in ("cosine", "cka"):
-        x = d[var].values[:, None]
-        if np.isfinite(x).any():
-            m, lo, hi = bootstrap_mean_ci(x, config)
-            out.append(f"{var} {m[0]:.3f} [{lo[0]:.3f}–{hi[0]:.3f}]")
-    return "projector output base vs fine-tuned: " + ", ".join(out) + f", MMD² {float(d['mmd2']):.4f}"
+def reading_drift(d: xr.Dataset, config: Any) -> str:
+    """Mean per-example cosine and unbiased CKA with cluster-bootstrap CIs and their no-relation values, and MMD²."""
+    return drift_lines(d, config)[0].replace("projector drift (H3): ", "projector output base vs fine-tuned: ")
 
 
-def reading_vocab_drift(v: xr.Dataset) -> str:
+def reading_vocab_drift(v: xr.Dataset, config: Any = None) -> str:
     """Script shares of nearest vocabulary neighbours and nearest-embedding cosine, before → after."""
     sh = v["script_share"]
     parts = [f"{sc} {float(sh.sel(store='before', script=sc)) * 100:.1f}% → {float(sh.sel(store='after', script=sc)) * 100:.1f}%"
@@ -114,24 +121,49 @@ def reading_vocab_drift(v: xr.Dataset) -> str:
             f"{float(near.sel(store='after')):.3f}; nearest id changed for {float(v['top1_changed']) * 100:.1f}% of tokens")
 
 
-def reading_mir(mir: xr.DataArray) -> str:
-    """Overall MIR before → after."""
-    return f"overall MIR (log10 Σ layers; lower = better integrated) {mir.attrs['overall_before']:.3f} → {mir.attrs['overall_after']:.3f}"
+def reading_mir(mir: xr.DataArray, config: Any = None) -> str:
+    """Overall MIR (before → after for a pair)."""
+    how = "log10 Σ layers; lower = better integrated; text tokens after the image, last layer before the final norm"
+    if "store" in mir.dims:
+        return f"overall MIR ({how}) {mir.attrs['overall_before']:.3f} → {mir.attrs['overall_after']:.3f}"
+    return f"overall MIR ({how}) {mir.attrs['overall']:.3f}"
 
 
-def reading_cka(m: xr.DataArray) -> str:
-    """Same-layer CKA between the stores: lowest layer."""
+def reading_cka(m: xr.DataArray, config: Any = None) -> str:
+    """Same-layer unbiased CKA (pair: between the stores; single store: layer × layer)."""
     common = np.intersect1d(m["layer_a"].values, m["layer_b"].values)
     diag = np.array([float(m.sel(layer_a=l, layer_b=l)) for l in common])
     i = int(np.nanargmin(diag))
-    return f"same-layer linear CKA before vs after (last prompt residual): lowest {diag[i]:.3f} at layer {int(common[i])}, mean {np.nanmean(diag):.3f}"
+    return (f"same-layer unbiased linear CKA (last prompt residual; no relation: ~0, identical: 1): lowest {diag[i]:.3f} "
+            f"at layer {int(common[i])}, mean {np.nanmean(diag):.3f}")
+
+
+def reading_projector_vision_cka(pv: Any, config: Any = None) -> str:
+    """Unbiased CKA of example-pooled projector output vs vision tower output, with the shuffled-example null."""
+    def one(r: dict[str, float]) -> str:
+        return f"{r['cka']:.3f} (shuffled-example null {r['null_mean']:.3f}, 95th pct {r['null_p95']:.3f}; biased form {r['cka_biased']:.3f})"
+
+    if "before" in pv:
+        return f"unbiased linear CKA of example-pooled projector output vs vision tower output {one(pv['before'])} → {one(pv['after'])}"
+    return f"unbiased linear CKA of example-pooled projector output vs vision tower output {one(pv)}"
 
 
 def eval_table(ev: xr.Dataset | None) -> dict[str, dict[str, float]]:
-    """Mean of every (example, condition) variable per condition (and per lang): {var[/lang]: {condition: mean}}."""
+    """Mean of every (example, condition) variable per condition (and per language): {var[/lang]: {condition: mean}}.
+
+    Aggregate variables (condition × other dims, no example) get one row per value of the other
+    dims. Per-example languages come from `example_lang` (or a `lang` coordinate on the example dim);
+    the aggregate `lang` dimension is never read as per-example.
+    """
     if ev is None:
         return {}
     out: dict[str, dict[str, float]] = {}
+    langs = None
+    if "example" in ev.dims:
+        for cand in ("example_lang", "lang"):
+            if cand in ev.coords and ev[cand].dims == ("example",):
+                langs = to_str(ev[cand].values)
+                break
     for name, var in ev.data_vars.items():
         if "condition" in var.dims and "example" not in var.dims and var.dtype.kind in "biuf":
             rest = [d for d in var.dims if d != "condition"]
@@ -150,12 +182,36 @@ def eval_table(ev: xr.Dataset | None) -> dict[str, dict[str, float]]:
             continue
         v = var.astype(float)
         out[str(name)] = {str(c): float(x) for c, x in zip(v["condition"].values, v.mean("example").values)}
-        if "lang" in ev.coords:
-            langs = to_str(ev["lang"].values)
+        if langs is not None:
             for lang in np.unique(langs):
                 sub = v.isel(example=np.flatnonzero(langs == lang)).mean("example")
                 out[f"{name}/{lang}"] = {str(c): float(x) for c, x in zip(sub["condition"].values, sub.values)}
     return out
+
+
+def html_table(rows: dict[str, dict[str, float]], label: str) -> str:
+    """An HTML table of {row: {column: value}} under a heading."""
+    if not rows:
+        return ""
+    cols = sorted({c for r in rows.values() for c in r})
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th>" + "".join(f"<td>{r.get(c, float('nan')):.3f}</td>" for c in cols) + "</tr>"
+        for k, r in rows.items()
+    )
+    return f"<h3>{html.escape(label)}</h3><table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def eval_tables(ev: Any) -> list[str]:
+    """The eval section's HTML: one table per store."""
+    if isinstance(ev, xr.Dataset):
+        return [html_table(eval_table(ev), "store")]
+    return [html_table(eval_table(v), k) for k, v in ev.items() if v is not None]
+
+
+def mean_over_heads_table(r: xr.Dataset) -> list[str]:
+    """A single-store result averaged over every dim but layer, as an HTML table."""
+    return [r.mean([d for d in r.dims if d != "layer"]).to_dataframe().round(4).to_html()]
 
 
 def jsonable(obj: Any) -> Any:

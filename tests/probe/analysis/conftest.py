@@ -186,6 +186,8 @@ def write_trace_store(path: Path, ds: xr.Dataset, batch: int = 16) -> Path:
     labelled = {d: ds[d].values.tolist() for d in ds.dims if d != "example" and d in ds.coords}
     sizes = {d: n for d, n in ds.sizes.items() if d != "example" and d not in ds.coords}
     ex_coords = {"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool", "label_colour": "str"}
+    if "group" in ds.coords:
+        ex_coords["group"] = "str"
     w = TraceStoreWriter(path, variables=variables, coords=labelled, sizes=sizes, example_coords=ex_coords,
                          attrs={"model_id": ds.attrs.get("model_id", "synthetic")}, examples_per_chunk=batch)
     for s in range(0, ds.sizes["example"], batch):

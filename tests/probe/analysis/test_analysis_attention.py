@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 from conftest import make_dataset
 
 from probe.analysis.attention import attention_collapse, share_change, top_changed_heads
-from probe.analysis.stats import BootstrapConfig
+from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change
 
 CFG = BootstrapConfig(n_boot=300, seed=0)
 
@@ -30,11 +29,19 @@ def test_collapse_matches_float64_means_and_planted_fall(lazy_pair) -> None:
 
 
 def test_unpaired_when_ids_differ(lazy_pair) -> None:
+    """Different ids: each side resampled on its own; the intervals equal a direct unpaired bootstrap of the arrays."""
     b, a = lazy_pair
     a2 = a.assign_coords(example=[f"other{i}" for i in range(a.sizes["example"])])
     c = attention_collapse(b, a2, CFG)
     assert c.attrs["paired"] == 0
-    np.testing.assert_allclose(c["all_rel_change"].values, attention_collapse(b, a, CFG)["all_rel_change"].values, atol=1e-12)
+    xb = make_dataset()["attn_share"].sel(segment="visual").values.astype(np.float64).mean(2)  # [example, layer, source]
+    xa = make_dataset(after=True)["attn_share"].sel(segment="visual").values.astype(np.float64).mean(2)
+    ids_b, ids_a = b["example"].values.astype(str), a2["example"].values.astype(str)  # each example its own unit
+    ref = bootstrap_relative_change(xb.reshape(40, -1), xa.reshape(40, -1), False, CFG, groups=ids_b, groups_after=ids_a)
+    np.testing.assert_allclose(c["layer_rel_low"].values.ravel(), ref["rel_low"], rtol=1e-6)
+    np.testing.assert_allclose(c["layer_rel_high"].values.ravel(), ref["rel_high"], rtol=1e-6)
+    paired = bootstrap_relative_change(xb.reshape(40, -1), xa.reshape(40, -1), True, CFG)
+    assert not np.allclose(paired["rel_low"], ref["rel_low"])  # pairing changes the intervals, not the estimate
 
 
 def test_top_heads_are_in_changed_layers(lazy_pair) -> None:
@@ -56,4 +63,3 @@ def test_missing_variable_is_named(lazy_pair) -> None:
         attention_collapse(b.drop_vars("attn_share"), a, CFG)
     with pytest.raises(TypeError, match="expected an xr.Dataset"):
         attention_collapse(3, a, CFG)
-    assert isinstance(b, xr.Dataset)

@@ -85,7 +85,8 @@ def test_streaming_mir_equals_in_memory_reference(lazy_pair) -> None:
     h = ds["hook_resid_post_tokens"].values.astype(np.float64)
     for li in range(h.shape[1]):
         e, p = np.nonzero(seg == Segment.VISUAL)
-        et, pt = np.nonzero(np.isin(seg, [Segment.TEXT, Segment.ANSWER]))
+        after_image = np.arange(seg.shape[1])[None, :] > 9  # the fixture's visual span is positions 2-9
+        et, pt = np.nonzero(np.isin(seg, [Segment.TEXT, Segment.ANSWER]) & after_image)
         ref = _mir_arrays(h[e, li, p], h[et, li, pt])
         np.testing.assert_allclose(mir.values[li], ref, rtol=1e-6)
     np.testing.assert_allclose(mir.attrs["overall"], np.log10(mir.values.sum()), rtol=1e-12)

@@ -22,19 +22,21 @@ def test_compare_writes_offline_html_and_json(store_pair, tmp_path) -> None:
     loaded = json.loads(out_json.read_text(encoding="utf-8"))
     assert loaded["readings"] == summary["readings"]
     assert loaded["eval"]["after"]["correct"]["real"] < loaded["eval"]["before"]["correct"]["real"]
-    assert loaded["skipped"] == ["CKA projector vs vision tower: skipped, store lacks vision_out"]
+    assert loaded["skipped"] == ["CKA projector output vs vision tower: skipped, store lacks vision_out"]
+    assert loaded["config"]["bootstrap"]["n_boot"] == 200  # the analysis config is saved with the results
     assert re.match(r"nearest vocabulary embeddings of visual tokens \(top 5, \d+ tokens\): hangul", loaded["readings"]["vocab_drift"])
-    band = loaded["results"]["collapse_band"]["last_prompt"]
+    band = loaded["results"]["collapse"]["band"]["last_prompt"]
     assert band["layers"] == [2, 3] and band["rel_low"] <= band["rel_change"] <= band["rel_high"]
+    assert "Resampled: example (the store records no group" in loaded["readings"]["collapse"]
 
 
 def test_missing_inputs_are_skipped_with_a_note(lazy_pair, tmp_path) -> None:
     b, a = (ds.drop_vars(["hook_rot_k", "projector_out"]) for ds in lazy_pair)
     summary = compare(b, a, tmp_path / "r.html", None, CFG)
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "key-space OOD: skipped, store lacks hook_rot_k" in text
-    assert "projector drift: skipped, store lacks projector_out" in text
-    assert any("behavioural evaluation: skipped" in s for s in summary["skipped"])
+    assert "Key-space OOD of visual keys: skipped, store lacks hook_rot_k" in text
+    assert "Projector drift: skipped, store lacks projector_out" in text
+    assert "Behavioural visual dependence: skipped, a store lacks the 'eval' group (run `probe eval`)" in summary["skipped"]
     assert "collapse" in summary["readings"]
 
 
@@ -53,9 +55,9 @@ def test_compare_reads_real_trace_stores(tmp_path) -> None:
     pb = write_trace_store(tmp_path / "b", make_dataset())
     pa = write_trace_store(tmp_path / "a", make_dataset(after=True))
     summary = compare(pb, pa, tmp_path / "r.html", tmp_path / "r.json", CFG)
-    band = summary["results"]["collapse_band"]["answer"]
+    band = summary["results"]["collapse"]["band"]["answer"]
     assert band["layers"] == [2, 3] and abs(band["rel_change"] + 0.4) < 0.01
-    assert summary["results"]["sinks"]["attrs"]["sink_dims_before"] == [5]
+    assert summary["results"]["sinks"]["attrs"]["sink_dims"] == [5]
 
 
 def test_eval_table_is_generic() -> None:

@@ -7,7 +7,7 @@ import xarray as xr
 
 from probe.analysis.pipeline import Skipped
 from probe.analysis.stats import BootstrapConfig
-from probe.report.verdict import attention_line, behaviour_lines, probe_lines, sinks_line, verdict
+from probe.report.verdict import attention_lines, behaviour_lines, probe_lines, sinks_lines, verdict
 
 CFG = BootstrapConfig(n_boot=200)
 
@@ -15,37 +15,41 @@ CFG = BootstrapConfig(n_boot=200)
 def _collapse(rel, low, high) -> xr.Dataset:
     dims = ("layer", "source")
     col = lambda v: np.array(v, dtype=float)[:, None]  # noqa: E731
-    return xr.Dataset({"layer_rel_change": (dims, col(rel)), "layer_rel_low": (dims, col(low)),
-                       "layer_rel_high": (dims, col(high))}, coords={"layer": [0, 1, 2], "source": ["last_prompt"]})
+    return xr.Dataset({"layer_rel_change": (dims, col(rel)), "layer_rel_sim_low": (dims, col(low)),
+                       "layer_rel_sim_high": (dims, col(high))}, coords={"layer": [0, 1, 2], "source": ["last_prompt"]})
 
 
 def test_attention_collapse_needs_the_whole_interval_below_threshold() -> None:
-    line = attention_line({"collapse": _collapse([-0.5, -0.25, 0.1], [-0.6, -0.35, 0.05], [-0.4, -0.15, 0.15])})
-    assert "collapsed (≥20% drop, CI-wise) in layer(s) [0]" in line  # layer 1's CI reaches -15%
+    line = attention_lines({"layers": _collapse([-0.5, -0.25, 0.1], [-0.6, -0.35, 0.05], [-0.4, -0.15, 0.15])})[0]
+    assert "collapsed (≥20% drop, simultaneous CI) in layer(s) [0]" in line  # layer 1's band reaches -15%
     assert "rose in layer(s) [2]" in line
-    none = attention_line({"collapse": _collapse([-0.1] * 3, [-0.15] * 3, [-0.05] * 3)})
+    none = attention_lines({"layers": _collapse([-0.1] * 3, [-0.15] * 3, [-0.05] * 3)})[0]
     assert "no layer dropped by ≥20%" in none
-    assert "not measured" in attention_line({"collapse": Skipped("attention collapse: skipped, store lacks attn_share")})
+    assert "not measured" in attention_lines(Skipped("attention collapse: skipped, store lacks attn_share"))[0]
 
 
-def _probes(before: float, after: float, chance: float) -> xr.Dataset:
+def _probes(before: float, after: float, control: float) -> xr.Dataset:
     acc = np.broadcast_to(np.array([before, after])[:, None, None, None], (2, 2, 1, 1)).copy()
     return xr.Dataset({"accuracy": (("store", "layer", "site", "label"), acc),
-                       "chance": (("store", "layer", "site", "label"), np.full_like(acc, chance))},
+                       "control_accuracy": (("store", "layer", "site", "label"), np.full_like(acc, control)),
+                       "chance": (("store", "layer", "site", "label"), np.full_like(acc, 0.25))},
                       coords={"store": ["before", "after"], "layer": [0, 1], "site": ["last_prompt"], "label": ["colour"]})
 
 
-def test_probe_lines_tell_present_from_lost() -> None:
-    assert "still decodable" in probe_lines({"probes": _probes(1.0, 0.7, 0.25)})[0]  # kept 60% of 0.75 above chance
-    assert "no longer decodable" in probe_lines({"probes": _probes(1.0, 0.5, 0.25)})[0]  # kept 33%
-    assert "no label is decodable" in probe_lines({"probes": _probes(0.3, 0.3, 0.25)})[0]
+def test_probe_lines_tell_present_from_lost_against_the_control() -> None:
+    assert "still decodable" in probe_lines(_probes(1.0, 0.7, 0.25))[0]  # kept 60% of 0.75 above the control
+    assert "no longer decodable" in probe_lines(_probes(1.0, 0.5, 0.25))[0]  # kept 33%
+    assert "no label is decodable" in probe_lines(_probes(0.3, 0.3, 0.25))[0]
+    # high accuracy that the probe also reaches on shuffled labels is capacity, not information
+    assert "no label is decodable" in probe_lines(_probes(0.9, 0.9, 0.85))[0]
+    assert "exploratory" in probe_lines(_probes(1.0, 0.7, 0.25))[0]
 
 
 def test_sinks_line_without_massive_dims() -> None:
-    s = xr.Dataset(attrs={"sink_dims_before": [], "sink_dims_after": []})
-    assert "does not apply" in sinks_line({"sinks": s})
-    s.attrs.update(sink_dims_before=[3])
-    assert "dims before [3]" in sinks_line({"sinks": s})
+    s = xr.Dataset(attrs={"sink_dims": [], "dense_dims": [7]})
+    assert "does not apply" in sinks_lines(s)[0] and "dense outlier dims [7]" in sinks_lines(s)[0]
+    s.attrs.update(sink_dims=[3])
+    assert "dims [3] detected on the base store" in sinks_lines(s)[0]
 
 
 def test_behaviour_lines_are_per_language_means_with_intervals() -> None:
