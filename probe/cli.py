@@ -79,13 +79,18 @@ def eval_cmd(
 def analyze_cmd(
     store: Path = typer.Argument(..., help="TraceStore folder"),
     out: Path = typer.Option(..., "--out", "-o", help="HTML report to write (a .json summary is written beside it)"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="a comparable store to report against"),
+    intersect: bool = typer.Option(False, "--intersect", help="with --baseline: compare on what both stores share (listed at the top)"),
+    save: bool = typer.Option(False, "--save", help="also write every result into the store as group analysis/<name>"),
 ) -> None:
     """Analyse one store: attention, sinks, key space, probes, MIR; an offline HTML report plus JSON."""
     from probe.report import report
     from probe.store import TraceStore
 
-    TraceStore.open(store)  # a non-store path fails here in one line, before any analysis
-    report(store, out, out.with_suffix(".json"))
+    for path in (store, baseline):
+        if path is not None:
+            TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
+    report(store, out, out.with_suffix(".json"), baseline=baseline, intersect=intersect, save=save)
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
@@ -94,6 +99,7 @@ def compare_cmd(
     before: Path = typer.Argument(..., help="store captured before (e.g. the base model)"),
     after: Path = typer.Argument(..., help="store captured after (fine-tuned, intervened, mitigated)"),
     out: Path = typer.Option(..., "--out", "-o", help="HTML report to write (a .json summary is written beside it)"),
+    intersect: bool = typer.Option(False, "--intersect", help="compare on what both stores share instead of refusing (listed at the top)"),
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
     from probe.report import compare
@@ -101,7 +107,7 @@ def compare_cmd(
 
     for path in (before, after):
         TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
-    compare(before, after, out, out.with_suffix(".json"))
+    compare(before, after, out, out.with_suffix(".json"), intersect=intersect)
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
