@@ -1,0 +1,71 @@
+"""Store access for the views: lazy datasets, groups, example filters. No Streamlit here (views cache around it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from probe.analysis._io import to_str
+from probe.store import TraceStore
+
+# example coordinates offered as filters (plus every label_* coordinate)
+FILTER_COORDS = ("lang", "question_type", "condition")
+
+
+def open_dataset(path: str | Path) -> xr.Dataset:
+    """The store's lazy (dask-backed) dataset; per-example coords are in memory."""
+    return TraceStore.open(path).dataset
+
+
+def read_group(path: str | Path, name: str) -> xr.Dataset | None:
+    """A named group of a store (`eval`, `analysis/<x>`, `runs/<x>`) or None when absent."""
+    store = TraceStore.open(path)
+    if hasattr(store, "groups") and hasattr(store, "read_group"):  # the store's own group API, where present
+        return store.read_group(name) if name in store.groups() else None
+    if not (Path(path) / name / "zarr.json").is_file():
+        return None
+    return xr.open_zarr(Path(path), group=name, consolidated=False)
+
+
+def store_groups(path: str | Path, prefix: str) -> list[str]:
+    """Names of a store's groups under ``prefix`` (e.g. "runs/")."""
+    store = TraceStore.open(path)
+    if hasattr(store, "groups"):
+        return sorted(g for g in store.groups() if g.startswith(prefix))
+    base = Path(path) / prefix.rstrip("/")
+    if not base.is_dir():
+        return []
+    return sorted(f"{prefix.rstrip('/')}/{d.name}" for d in base.iterdir() if (d / "zarr.json").is_file())
+
+
+def filter_options(ds: xr.Dataset) -> dict[str, list[str]]:
+    """Filterable example coordinates and their values: lang, question_type, condition, label_*."""
+    names = [c for c in FILTER_COORDS if c in ds.coords] + sorted(c for c in ds.coords if str(c).startswith("label_"))
+    return {str(c): sorted(set(to_str(ds[c].values).tolist())) for c in names}
+
+
+def example_mask(ds: xr.Dataset, filters: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    """Boolean mask over examples: each filter keeps examples whose coordinate is one of its values (empty = all)."""
+    keep = np.ones(ds.sizes["example"], dtype=bool)
+    for coord, values in filters.items():
+        if values and coord in ds.coords:
+            keep &= np.isin(to_str(ds[coord].values), list(values))
+    return keep
+
+
+def filtered_ids(ds: xr.Dataset, filters: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    """Example ids passing the filters, in store order."""
+    return to_str(ds["example"].values)[example_mask(ds, filters)]
+
+
+def filter_eval(ev: xr.Dataset, ids: np.ndarray) -> xr.Dataset:
+    """The eval group's per-example rows restricted to ``ids`` (ids missing from the eval are ignored)."""
+    have = to_str(ev["example"].values)
+    ev = ev.isel(example=np.flatnonzero(np.isin(have, ids)))
+    if "lang" in ev.dims and "example_lang" in ev.coords:  # aggregates per lang: keep the langs still present
+        present = set(to_str(ev["example_lang"].values).tolist())
+        ev = ev.sel(lang=[lg for lg in ev["lang"].values if str(lg) in present])
+    return ev
