@@ -18,7 +18,7 @@ def server_command(root: str | Path, port: int = 8501, host: str = "127.0.0.1") 
         raise ValueError(f"port must be in 1..65535, got {port}")
     return [sys.executable, "-m", "streamlit", "run", str(APP_FILE),
             "--server.address", host, "--server.port", str(int(port)), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none",
             "--", "--root", str(root.resolve())]
 
 
@@ -32,3 +32,22 @@ def launch(root: str | Path, port: int = 8501, host: str = "127.0.0.1", wait: bo
     except KeyboardInterrupt:
         proc.terminate()
         return proc.wait()
+
+
+def wait_until_ready(port: int, host: str = "127.0.0.1", timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until the server answers its health check; RuntimeError (one line) on timeout or early exit."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/_stcore/health"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"dashboard server exited with code {proc.returncode} before answering on port {port}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"dashboard server did not answer {url} within {timeout:.0f} s")

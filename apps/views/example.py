@@ -20,7 +20,7 @@ from probe.segments import Segment
 
 LAYOUT_VARS = ("visual_box", "visual_tile_box", "visual_tile", "image_size")
 # transparent at 0 so the image shows through where a token gets no attention
-_HEAT = [[0.0, "rgba(0,0,0,0)"], [0.05, "rgba(255,255,0,0.25)"], [0.5, "rgba(255,140,0,0.6)"], [1.0, "rgba(220,0,0,0.85)"]]
+_HEAT = [[0.0, "rgba(0,0,0,0)"], [0.05, "rgba(255,255,0,0.2)"], [0.5, "rgba(255,140,0,0.5)"], [1.0, "rgba(220,0,0,0.75)"]]
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,9 @@ def figure(rec: ExampleRecord, values: np.ndarray, picture: np.ndarray | None, z
     heat = paint(values, rec.boxes, size, keep=keep)
     h, w, scale = display_size(size)
     fig = go.Figure()
-    fig.add_trace(go.Image(z=picture if picture is not None else np.full((h, w, 3), 200, np.uint8), hoverinfo="skip"))
+    # the picture greyed and lightened, so the painted attention is what carries colour
+    base = np.full((h, w, 3), 200.0) if picture is None else picture.astype(float).mean(-1, keepdims=True).repeat(3, -1)
+    fig.add_trace(go.Image(z=(0.45 * base + 0.55 * 255).astype(np.uint8), hoverinfo="skip"))
     fig.add_trace(go.Heatmap(z=heat, colorscale=_HEAT, zmin=0, zmax=zmax or 1.0, showscale=True,
                              colorbar=dict(title="attention", thickness=10),
                              hovertemplate="x %{x}, y %{y}: %{z:.4f}<extra></extra>"))
@@ -217,11 +219,15 @@ def render(ctx: ViewContext, manifest: Path | None = None) -> None:
     head_txt = "mean over heads" if head is None else f"head {heads[head]}"
     st.caption(f"Colour = attention from **{query}** (layer {layer}, {head_txt}) summed over the visual tokens whose "
                f"image region covers the pixel; same colour scale in both panels; dotted boxes = tiles. {note}")
+    st.caption("Below each image: the prompt's tokens shaded by the attention they receive from the query token "
+               "(boxed); the image's tokens are folded into one chip with their total.")
     cols = st.columns(len(records))
     for col, (name, rec) in zip(cols, records.items()):
         with col:
             st.metric(f"{name}: attention on the image", f"{vals[name].sum():.3f}")
             st.plotly_chart(figure(rec, vals[name], picture, zmax, tile, name), key=f"ex_fig_{name}")
             st.markdown(tokens_html(rec, head), unsafe_allow_html=True)
+    if "token" not in open_dataset(ctx.before):
+        st.caption("tokens shown as ids (#id): the store records no decoded `token` strings")
     with st.expander("attention received per token (table)"):
         st.dataframe(token_table(records, head), hide_index=True, key="ex_tokens")

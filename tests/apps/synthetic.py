@@ -23,15 +23,15 @@ def grid_boxes(x0: float, y0: float, x1: float, y1: float, rows: int, cols: int)
     return np.array([[xs[c], ys[r], xs[c + 1], ys[r + 1]] for r in range(rows) for c in range(cols)], np.float32)
 
 
-def layout(family: str) -> dict[str, np.ndarray]:
-    """Known layout per family: tile, row, col, box, tile_box per visual token, image_size (h, w)."""
+def layout(family: str, grid: int = 2) -> dict[str, np.ndarray]:
+    """Known layout per family: tile, row, col, box, tile_box per visual token, image_size (h, w); grid × grid tokens per tile."""
     tiles: list[tuple[tuple[float, float, float, float], int, int]]
     if family == "llava_anyres":  # base (thumbnail) tile first, then two high-res tiles left | right; 336 x 672
         size = (336, 672)
-        tiles = [((0, 0, 672, 336), 2, 2), ((0, 0, 336, 336), 2, 2), ((336, 0, 672, 336), 2, 2)]
+        tiles = [((0, 0, 672, 336), grid, grid), ((0, 0, 336, 336), grid, grid), ((336, 0, 672, 336), grid, grid)]
     elif family == "internvl":  # two tiles top | bottom, then the thumbnail last; 896 x 448
         size = (896, 448)
-        tiles = [((0, 0, 448, 448), 2, 2), ((0, 448, 448, 896), 2, 2), ((0, 0, 448, 896), 2, 2)]
+        tiles = [((0, 0, 448, 448), grid, grid), ((0, 448, 448, 896), grid, grid), ((0, 0, 448, 896), grid, grid)]
     elif family == "qwen2_vl":  # one tile of merged 28 px patches, 2 x 3 tokens over 56 x 84
         size = (56, 84)
         tiles = [((0, 0, 84, 56), 2, 3)]
@@ -51,10 +51,10 @@ def layout(family: str) -> dict[str, np.ndarray]:
 
 def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0, visual_scale: float = 1.0,
                 keys: bool = True, pattern: bool = True, examples_per_chunk: int = 64, eval_group: bool = True,
-                image_coord: str | None = None, extra_position: int = 0) -> Path:
+                image_coord: str | None = None, extra_position: int = 0, grid: int = 2) -> Path:
     """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``."""
     rng = np.random.default_rng(seed)
-    lay = layout(family)
+    lay = layout(family, grid)
     n_vis = len(lay["tile"])
     seq = PREFIX + n_vis + SUFFIX + ANSWER
     n_pos = seq + extra_position
@@ -101,9 +101,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
         share = rng.dirichlet(np.ones(len(SEGMENT_NAMES)), size=(k, len(LAYERS), HEADS, len(SOURCES))).astype(np.float32)
         vi = SEGMENT_NAMES.index("visual")
         share[..., vi] *= visual_scale
-        pat = rng.random((k, len(LAYERS), HEADS, len(QUERIES), n_pos)).astype(np.float32)
-        pat[..., seg == Segment.PAD] = 0
-        pat /= pat.sum(-1, keepdims=True)
+        pat = attention_rows(rng, k, seg, lay, visual_scale)
         kk = rng.normal(size=(k, len(LAYERS), KV_HEADS, n_pos, D_HEAD)).astype(np.float32)
         kk[..., seg == Segment.VISUAL, :] += 3.0 * visual_scale
         data = {
@@ -134,6 +132,22 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
     return path
 
 
+def attention_rows(rng: np.random.Generator, k: int, seg: np.ndarray, lay: dict, visual_scale: float) -> np.ndarray:
+    """Attention rows [k, layer, head, query, position]: a share 0.6 × visual_scale on the visual tokens, peaked on
+    the image's top-left quadrant (sharper when visual_scale is high), the rest spread over the text."""
+    shape = (k, len(LAYERS), HEADS, len(QUERIES))
+    h, w = lay["image_size"]
+    cx, cy = (lay["box"][:, 0] + lay["box"][:, 2]) / 2 / w, (lay["box"][:, 1] + lay["box"][:, 3]) / 2 / h
+    focus = np.exp(-((cx - 0.25) ** 2 + (cy - 0.25) ** 2) / (0.05 / max(visual_scale, 0.05)))
+    vis = focus * (0.5 + rng.random(shape + (len(focus),)))
+    txt = rng.random(shape + (int((seg != Segment.PAD).sum() - len(focus)),))
+    share = 0.6 * visual_scale
+    out = np.zeros(shape + (len(seg),), np.float32)
+    out[..., seg == Segment.VISUAL] = share * vis / vis.sum(-1, keepdims=True)
+    out[..., (seg != Segment.VISUAL) & (seg != Segment.PAD)] = (1 - share) * txt / txt.sum(-1, keepdims=True)
+    return out
+
+
 def write_eval(path: Path, n: int, seed: int, p_dependent: float) -> xr.Dataset:
     """A minimal `eval` group (the per-example variables the overview reads)."""
     rng = np.random.default_rng(seed + 1)
@@ -152,13 +166,12 @@ def write_eval(path: Path, n: int, seed: int, p_dependent: float) -> xr.Dataset:
 
 
 def write_image(path: Path, size: tuple[int, int]) -> Path:
-    """A four-quadrant colour image (h, w) = ``size``: red, green / blue, yellow."""
+    """An image (h, w) = ``size``: light background, a red disc centred in the top-left quadrant, a blue square bottom-right."""
     h, w = size
-    arr = np.zeros((h, w, 3), np.uint8)
-    arr[: h // 2, : w // 2] = (220, 40, 40)
-    arr[: h // 2, w // 2:] = (40, 180, 40)
-    arr[h // 2:, : w // 2] = (40, 40, 220)
-    arr[h // 2:, w // 2:] = (230, 210, 40)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.full((h, w, 3), 235, np.uint8)
+    arr[(xx - w / 4) ** 2 + (yy - h / 4) ** 2 < (min(h, w) / 6) ** 2] = (210, 30, 30)
+    arr[(xx > 0.65 * w) & (xx < 0.85 * w) & (yy > 0.6 * h) & (yy < 0.9 * h)] = (30, 60, 200)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
