@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probe.capture.recordables import tl_sites
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
@@ -20,18 +21,7 @@ from probe.provenance import provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import TraceStore, TraceStoreWriter, VariableSpec
 
-TL_SITES = {
-    "attn_share": "blocks.{layer}.attn.hook_pattern",
-    "attn_pattern": "blocks.{layer}.attn.hook_pattern",
-    "hook_rot_k": "blocks.{layer}.attn.hook_rot_k",
-    "hook_rot_q": "blocks.{layer}.attn.hook_rot_q",
-    "hook_resid_post": "blocks.{layer}.hook_resid_post",
-    "hook_resid_post_pooled": "blocks.{layer}.hook_resid_post",
-    "hook_resid_post_tokens": "blocks.{layer}.hook_resid_post",
-}
-
-_VISUAL_DIMS = {"projector_in": ("vtoken_in", "feature_in"), "projector_out": ("vtoken", "feature"),
-                "vision_out": ("vpatch", "feature_vision")}
+TL_SITES = tl_sites()
 
 
 @dataclass(frozen=True)
@@ -73,43 +63,27 @@ def _example_coords(batch: Sequence[Example], labels: list[str]) -> dict[str, li
         "condition": [ex.condition for ex in batch],
         "question_type": [ex.question_type for ex in batch],
         "image_dependent": [bool(ex.image_dependent) for ex in batch],
+        "group": [_group(ex) for ex in batch],
     }
     for k in labels:
         coords[f"label_{k}"] = [str(ex.labels.get(k, "")) for ex in batch]
     return coords
 
 
-def _variables(cap: Capture, first: dict[str, np.ndarray]) -> dict[str, VariableSpec]:
-    """Store variables for what the spec asks (projector/vision ones only where the first row has them)."""
-    spec, store_dt = cap.spec, cap.spec.dtype
-    v: dict[str, VariableSpec] = {
-        "seq_len": VariableSpec(("example",), "int32", -1),
-        "segment_ids": VariableSpec(("example", "position"), "int8", -1),
-        "query_position": VariableSpec(("example", "query"), "int32", -1),
-        "n_vtoken": VariableSpec(("example",), "int32", -1),
+def _group(ex: Example) -> str:
+    """The independent unit of an example: its manifest `group`, else its image path, else its id."""
+    if ex.group is not None:
+        return str(ex.group)
+    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
+
+
+def _variables(cap: Capture) -> dict[str, VariableSpec]:
+    """Store variables of the recordables the spec asks for (with their TransformerLens hook name)."""
+    return {
+        r.name: VariableSpec(("example",) + r.dims, r.store_dtype(cap.spec), r.fill,
+                             {"tl_site": r.tl_hook} if r.tl_hook else {})
+        for r in cap.recordables
     }
-    if spec.attn_share:
-        v["attn_share"] = VariableSpec(("example", "layer", "head", "source", "segment"), "float32", np.nan)
-    if spec.attn_pattern:
-        v["attn_pattern"] = VariableSpec(("example", "layer", "head", "query", "position"), "float32", np.nan)
-    if spec.keys:
-        v["hook_rot_k"] = VariableSpec(("example", "layer", "kv_head", "position", "d_head"), store_dt, np.nan)
-    if spec.queries:
-        v["hook_rot_q"] = VariableSpec(("example", "layer", "head", "position", "d_head"), store_dt, np.nan)
-    if "query" in spec.resid:
-        v["hook_resid_post"] = VariableSpec(("example", "layer", "query", "feature"), store_dt, np.nan)
-    if "pooled" in spec.resid:
-        v["hook_resid_post_pooled"] = VariableSpec(("example", "layer", "segment", "feature"), store_dt, np.nan)
-    if "tokens" in spec.resid:
-        v["hook_resid_post_tokens"] = VariableSpec(("example", "layer", "position", "feature"), store_dt, np.nan)
-    for name, dims in _VISUAL_DIMS.items():
-        if name in first:
-            v[name] = VariableSpec(("example",) + dims, store_dt, np.nan)
-    for name, var in v.items():
-        site = TL_SITES.get(name)
-        if site:
-            v[name] = VariableSpec(var.dims, var.dtype, var.fill, {"tl_site": site})
-    return v
 
 
 def capture(
@@ -195,7 +169,8 @@ def _forward(cap: Capture, batch) -> dict:
 
 def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_units: int, checked: _Checked,
                    labels: list[str], attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
-    """Create the store, sizing unlabelled dims from the checked examples and one captured row."""
+    """Create the store: labelled dims from the adapter and spec, growing dims by each recordable's rule,
+    the rest from one captured row."""
     adapter, spec = cap.adapter, cap.spec
     coords = {
         "layer": list(cap.layers),
@@ -206,34 +181,39 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_
         "query": list(spec.query_slots),
         "position": list(range(checked.max_len)),
     }
-    sizes = {"feature": adapter.hidden_size}
-    for name, (tok_dim, feat_dim) in _VISUAL_DIMS.items():
-        if name in first:
-            # rows per visual unit (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the largest example
-            sizes[tok_dim] = int(np.ceil(first[name].shape[0] / max(first_units, 1) * checked.max_units))
-            sizes[feat_dim] = int(first[name].shape[1])
-    for name in ("hook_rot_k", "hook_rot_q"):
-        if name in first:
-            sizes["d_head"] = int(first[name].shape[-1])
+    sizes: dict[str, int] = {}
+    for rec in cap.recordables:
+        row = np.asarray(first[rec.name])
+        for axis, dim in enumerate(rec.dims):
+            rule = rec.grows.get(dim)
+            if dim in coords or dim in sizes:
+                continue
+            if rule is None:
+                sizes[dim] = int(row.shape[axis])
+            elif rule.startswith("visual:"):
+                # rows per visual unit (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the largest example
+                sizes[dim] = int(np.ceil(row.shape[axis] / max(first_units, 1) * checked.max_units))
+            else:
+                raise ValueError(f"recordable {rec.name!r}: unknown size rule {rule!r} for dim {dim!r}")
     return TraceStoreWriter.create(
         out,
-        variables=_variables(cap, first),
+        variables=_variables(cap),
         coords=coords,
         sizes=sizes,
         example_coords={"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool",
-                        **{f"label_{k}": "str" for k in labels}},
+                        "group": "str", **{f"label_{k}": "str" for k in labels}},
         attrs=attrs,
         examples_per_chunk=examples_per_chunk,
     )
 
 
 def _stack_rows(rows: list[dict[str, np.ndarray]], variables: dict[str, VariableSpec]) -> dict[str, np.ndarray]:
-    """Batch per-example rows into arrays, padding variable-length visual rows with NaN (the writer pads the rest)."""
+    """Batch per-example rows into arrays, padding rows shorter along a dim with the fill (the writer pads to the store)."""
     out: dict[str, np.ndarray] = {}
     for name, var in variables.items():
-        values = [r[name] for r in rows]
-        if name in _VISUAL_DIMS:
-            width = max(v.shape[0] for v in values)
-            values = [np.pad(v, ((0, width - v.shape[0]), (0, 0)), constant_values=np.nan) for v in values]
+        values = [np.asarray(r[name]) for r in rows]
+        shape = np.max([v.shape for v in values], axis=0) if values[0].ndim else ()
+        values = [np.pad(v, [(0, int(n) - k) for n, k in zip(shape, v.shape)], constant_values=var.fill_value)
+                  if v.ndim else v for v in values]
         out[name] = np.stack(values)
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from probe.data.example import Example
 
-_KNOWN = {"id", "image", "prompt", "answer", "lang", "condition", "question_type", "image_dependent", "labels"}
+_KNOWN = {"id", "image", "prompt", "answer", "lang", "condition", "question_type", "image_dependent", "labels", "group"}
 
 
 class ManifestError(ValueError):
@@ -64,6 +64,7 @@ def _example_from_record(raw: dict, where: str, root: Path, index: int) -> Examp
         question_type=str(raw.get("question_type", "unknown")),
         image_dependent=None if dep is None else bool(dep),
         labels=labels,
+        group=None if raw.get("group") is None else str(raw["group"]),
     )
 
 

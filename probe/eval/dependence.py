@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -194,14 +193,25 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
 
 
 def save_dependence(ds: xr.Dataset, path: str | Path, *, group: str | None = "eval") -> Path:
-    """Write the evaluation into zarr `path` (group 'eval' inside an existing store, or standalone)."""
+    """Write the evaluation into zarr `path` (group `group` inside a TraceStore, or a stand-alone zarr), crash-safely."""
+    from probe.store import TraceStore
+    from probe.store.groups import ensure_plain_group, write_dataset
+
     path = Path(path)
-    with warnings.catch_warnings():  # fixed-width strings have no zarr v3 spec yet; xarray reads them back fine
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        ds.to_zarr(path, group=group, mode="w", consolidated=False)
+    if group and TraceStore.exists(path):
+        TraceStore.open(path).write_group(group, ds)
+    elif group:
+        ensure_plain_group(path)  # a plain zarr root holding the group
+        write_dataset(path / group, ds, {}, scratch=path.parent / f".{path.name}.{group}")
+    else:
+        write_dataset(path, ds, {})
     return path
 
 
 def load_dependence(path: str | Path, *, group: str | None = "eval") -> xr.Dataset:
     """Read an evaluation written by `save_dependence`."""
+    from probe.store import TraceStore
+
+    if group and TraceStore.exists(path):
+        return TraceStore.open(path).read_group(group).load()
     return xr.open_zarr(path, group=group, consolidated=False).load()

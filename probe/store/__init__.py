@@ -1,5 +1,6 @@
 """TraceStore: a zarr v3 group holding one xarray Dataset, written crash-safely, read lazily (dask)."""
 
+from probe.store.lock import StoreLockedError
 from probe.store.reader import TraceStore, open_store
 from probe.store.schema import (
     IncomparableStoresError,
@@ -14,6 +15,7 @@ __all__ = [
     "IncomparableStoresError",
     "NotAStoreError",
     "StoreError",
+    "StoreLockedError",
     "StoreMismatchError",
     "TraceStore",
     "TraceStoreWriter",

@@ -119,14 +119,50 @@ def test_store_provenance_and_coords(store, examples):
 
 
 def test_layer_selection_and_dtype(tiny_llava_adapter, examples, tmp_path):
-    spec = CaptureSpec(layers=(1,), resid_layers=(0, 2), resid=("pooled",), dtype="float16", attn_pattern=False)
+    """One `layers` selection: every per-layer variable holds exactly those layers, none of them all-NaN."""
+    spec = CaptureSpec(layers=(1,), resid=("pooled",), keys=True, dtype="float16", attn_pattern=False)
     st = capture(tiny_llava_adapter, examples[:4], tmp_path / "l.zarr", spec, progress=False)
-    ds = st.dataset
-    assert list(ds.layer.values) == [0, 1, 2]
+    ds = st.dataset.compute()
+    assert list(ds.layer.values) == [1]
     assert ds.hook_resid_post_pooled.dtype == np.float16
-    assert np.isnan(ds.attn_share.sel(layer=0).values).all() and not np.isnan(ds.attn_share.sel(layer=1, source="last_prompt").values).any()
-    assert np.isnan(ds.hook_resid_post_pooled.sel(layer=1).values).all()
+    for name in ("attn_share", "hook_resid_post_pooled", "hook_rot_k"):
+        assert ds[name].dims[1] == "layer"
+        assert np.isfinite(ds[name].sel(layer=1).values).any(), name
+    assert not np.isnan(ds.attn_share.sel(source="last_prompt").values).any()
     assert "attn_pattern" not in ds
+    with pytest.raises(ValueError, match="replaced by one `layers`"):
+        CaptureSpec.from_json('{"layers": [1], "resid_layers": [0, 2]}')
+
+
+def test_recordables_registry_drives_store_variables(tiny_llava_adapter):
+    """Each registry entry is one store variable with its dims, dtype and TransformerLens name; extra= switches one on."""
+    from probe.capture.recordables import RECORDABLES, Recordable, register, selected
+    from probe.capture.run import TL_SITES, _variables
+
+    cap = Capture(tiny_llava_adapter, FULL)
+    variables = _variables(cap)
+    assert set(variables) == {r.name for r in selected(FULL)}
+    for name, var in variables.items():
+        rec = RECORDABLES[name]
+        assert var.dims == ("example",) + rec.dims and var.dtype == rec.store_dtype(FULL)
+        assert var.attrs.get("tl_site") == rec.tl_hook == TL_SITES.get(name)
+    with pytest.raises(ValueError, match="already registered"):
+        register(RECORDABLES["attn_share"])
+    with pytest.raises(ValueError, match="unknown recordables"):
+        Capture(tiny_llava_adapter, CaptureSpec(extra=("nope",)))
+    # a new quantity is one entry: the embedding output's norm per position, switched on by name
+    from probe.capture.recordables import MODULE
+
+    rec = Recordable("embed_norm", MODULE, ("position",), "float32", np.nan, lambda s: False,
+                     lambda v, b: v.unpad(v.saved["embed_norm"][b], b, 0).numpy(), site="lm.layer.{i}.resid",
+                     reduce=lambda h, seg, q: h.float().norm(dim=-1), grows={"position": "position"})
+    register(rec)
+    try:
+        spec = CaptureSpec(extra=("embed_norm",), attn_pattern=False, layers=(0,), dtype="float32")
+        cap = Capture(tiny_llava_adapter, spec)
+        assert "embed_norm" in _variables(cap)
+    finally:
+        del RECORDABLES["embed_norm"]
 
 
 def test_loaded_from_folder_captures_identically(store, tiny_llava_dir, examples, tmp_path):
@@ -279,3 +315,27 @@ def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
             assert n == len(want), (name, n, len(want))
             np.testing.assert_allclose(row[:n], want, **TOL)
             assert np.isnan(row[n:]).all()
+
+
+def test_input_tokens_and_group_are_stored(store, tiny_llava_adapter, examples):
+    """input_ids / token per position equal the processor's own ids (unpadded) and their one-by-one decoding."""
+    ds = store.dataset
+    tok = tiny_llava_adapter.processor.tokenizer
+    for i in (0, 4):
+        batch = tiny_llava_adapter.build_inputs([examples[i]], padding_side="right")
+        want = batch.inputs["input_ids"][0][batch.segments[0] != Segment.PAD].numpy()
+        row = ds.isel(example=i).compute()
+        n = int(row.seq_len)
+        np.testing.assert_array_equal(row.input_ids.values[:n], want)
+        assert (row.input_ids.values[n:] == -1).all()
+        assert [str(t) for t in row.token.values[:n]] == [tok.decode([int(t)]) for t in want]
+        assert all(str(t) == "" for t in row.token.values[n:])
+    assert list(ds.group.values) == [str(e.image) for e in examples]
+
+
+def test_differently_prompted_capture_is_refused(store, tiny_llava_adapter, examples, tmp_path):
+    changed = [type(e)(**{**e.__dict__, "prompt": "Answer briefly. " + e.prompt}) if k == 2 else e
+               for k, e in enumerate(examples[:4])]
+    other = capture(tiny_llava_adapter, changed, tmp_path / "p.zarr", FULL, progress=False)
+    with pytest.raises(IncomparableStoresError, match=f"example {examples[2].id!r} was tokenised differently"):
+        store.check_comparable(other)
