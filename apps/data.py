@@ -21,24 +21,14 @@ def open_dataset(path: str | Path) -> xr.Dataset:
 
 
 def read_group(path: str | Path, name: str) -> xr.Dataset | None:
-    """A named group of a store (`eval`, `analysis/<x>`, `runs/<x>`) or None when absent."""
+    """A named group of a store (`eval`, `analysis/<x>`, `runs/<x>`), lazily, or None when absent."""
     store = TraceStore.open(path)
-    if hasattr(store, "groups") and hasattr(store, "read_group"):  # the store's own group API, where present
-        return store.read_group(name) if name in store.groups() else None
-    if not (Path(path) / name / "zarr.json").is_file():
-        return None
-    return xr.open_zarr(Path(path), group=name, consolidated=False)
+    return store.read_group(name) if name in store.groups() else None
 
 
 def store_groups(path: str | Path, prefix: str) -> list[str]:
     """Names of a store's groups under ``prefix`` (e.g. "runs/")."""
-    store = TraceStore.open(path)
-    if hasattr(store, "groups"):
-        return sorted(g for g in store.groups() if g.startswith(prefix))
-    base = Path(path) / prefix.rstrip("/")
-    if not base.is_dir():
-        return []
-    return sorted(f"{prefix.rstrip('/')}/{d.name}" for d in base.iterdir() if (d / "zarr.json").is_file())
+    return [g for g in TraceStore.open(path).groups() if g.startswith(prefix)]
 
 
 def filter_options(ds: xr.Dataset) -> dict[str, list[str]]:

@@ -26,6 +26,10 @@ def dash_root(tmp_path_factory) -> Path:
         for i in range(N):
             fh.write(json.dumps({"id": f"ex{i}", "image": "img/quad.png", "prompt": "What colour?", "answer": "red"}) + "\n")
     S.write_results(root / "runs" / "sweep.zarr")
+    from probe.store import TraceStore
+
+    res = S.write_results(root / "runs" / "copy.zarr")  # the same result also as a store's runs/ group
+    TraceStore.open(root / "before.zarr").write_group("runs/boost", res, {"intervention": "demo"})
     return root
 
 

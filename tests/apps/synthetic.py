@@ -9,7 +9,7 @@ import xarray as xr
 from PIL import Image
 
 from probe.segments import SEGMENT_NAMES, Segment
-from probe.store import TraceStoreWriter, VariableSpec
+from probe.store import TraceStore, TraceStoreWriter, VariableSpec
 
 LAYERS, HEADS, KV_HEADS, D_HEAD, FEATURE = (0, 1, 2), 4, 2, 4, 6
 SOURCES = ("last_prompt", "answer", "text")
@@ -68,6 +68,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
         "query_position": VariableSpec(("example", "query"), "int32", -1),
         "n_vtoken": VariableSpec(("example",), "int32", -1),
         "input_ids": VariableSpec(("example", "position"), "int64", -1),
+        "token": VariableSpec(("example", "position"), "str", ""),
         "attn_share": VariableSpec(("example", "layer", "head", "source", "segment"), "float32", np.nan),
         "visual_tile": VariableSpec(("example", "vtoken"), "int32", -1),
         "visual_row": VariableSpec(("example", "vtoken"), "int32", -1),
@@ -109,6 +110,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
             "query_position": np.tile(np.array([seq - ANSWER - 1, seq - ANSWER], np.int32), (k, 1)),
             "n_vtoken": np.full(k, n_vis, np.int32),
             "input_ids": np.tile(np.where(seg == Segment.PAD, -1, 100 + np.arange(n_pos)), (k, 1)),
+            "token": np.tile(np.array(tokens(seg), dtype=object), (k, 1)),
             "attn_share": share,
             "visual_tile": np.tile(lay["tile"], (k, 1)), "visual_row": np.tile(lay["row"], (k, 1)),
             "visual_col": np.tile(lay["col"], (k, 1)),
@@ -130,6 +132,15 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
     if eval_group:
         write_eval(path, n, seed, p_dependent=0.9 * min(visual_scale, 1.0))
     return path
+
+
+PROMPT = ("USER", ":", " What", " colour", " is", " the", " disc", "?", " ASSIST", "ANT", ":", " red", "\n")
+
+
+def tokens(seg: np.ndarray) -> list[str]:
+    """Token strings per position: prompt words around the image, `<image>` on visual positions, "" on pads."""
+    words = iter(PROMPT * 4)
+    return ["<image>" if s == Segment.VISUAL else "" if s == Segment.PAD else next(words) for s in seg]
 
 
 def attention_rows(rng: np.random.Generator, k: int, seg: np.ndarray, lay: dict, visual_scale: float) -> np.ndarray:
@@ -161,7 +172,7 @@ def write_eval(path: Path, n: int, seed: int, p_dependent: float) -> xr.Dataset:
                 "example_question_type": ("example", np.where(idx % 3 == 0, "count", "colour")),
                 "example_image_dependent": ("example", np.ones(n, bool))},
     )
-    ds.to_zarr(path, group="eval", mode="w", consolidated=False)
+    TraceStore.open(path).write_group("eval", ds)
     return ds
 
 

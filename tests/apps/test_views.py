@@ -10,11 +10,6 @@ from probe.segments import Segment
 from probe.store import TraceStore
 
 
-def _frame(at, key):
-    hits = [d for d in at.dataframe if d.proto.id and key in d.proto.id] or [d for d in at.dataframe]
-    return hits
-
-
 def test_overview_dependence_and_verdict(app, dash_root):
     at = app(before="before.zarr", after="after.zarr", view="overview")
     at.run()
@@ -86,6 +81,9 @@ def test_example_view_token_attention(app, dash_root):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["before: attention on the image"] == f"{table.loc[table['segment'] == 'visual', 'before'].iloc[0]:.3f}"
     assert "image: data/img/quad.png" in " ".join(c.value for c in at.caption)
+    tokens = [str(t) for t in TraceStore.open(dash_root / "before.zarr").dataset["token"].sel(example="ex7").values]
+    shown = table.loc[table["segment"] != "visual", "token"].tolist()
+    assert shown == [t for t, s in zip(tokens, ds["segment_ids"].sel(example="ex7").values) if s not in (Segment.VISUAL, Segment.PAD)]
 
 
 def test_keyspace_centroids(app, dash_root):
@@ -130,3 +128,11 @@ def test_interventions_table_equals_result(app, dash_root):
         for v in ("visual_dependence", "ci_low", "ci_high"):
             assert r[v] == pytest.approx(float(sel[v]), abs=1e-12)
     assert len(table) == ds.sizes["intervention"] * ds.sizes["strength"]
+
+
+def test_interventions_from_store_runs_group(app):
+    at = app(view="interventions", results="before.zarr::runs/boost")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="results").value == "before.zarr::runs/boost"
+    assert len(at.dataframe[0].value) == 12
