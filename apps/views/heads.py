@@ -71,8 +71,11 @@ def render(ctx: ViewContext) -> None:
                                     on_select="rerun", selection_mode="points")
             points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
                 getattr(getattr(event, "selection", None), "points", [])
-            if points:  # a clicked cell chooses the layer and head below
-                st.session_state["heads_layer"], st.session_state["heads_head"] = int(points[0]["y"]), int(points[0]["x"])
+            clicked = (int(points[0]["y"]), int(points[0]["x"])) if points else None
+            # a new click chooses the layer and head below; a click already applied must not undo a later manual choice
+            if clicked and st.session_state.get(f"heads_clicked_{name}") != clicked:
+                st.session_state[f"heads_clicked_{name}"] = clicked
+                st.session_state["heads_layer"], st.session_state["heads_head"] = clicked
     c1, c2 = st.columns(2)
     layer = c1.selectbox("layer", layers, key="heads_layer")
     head = c2.selectbox("head", heads, key="heads_head")

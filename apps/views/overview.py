@@ -16,6 +16,16 @@ from probe.analysis.stats import bootstrap_scalar_ci
 from probe.report.verdict import verdict
 
 
+# stores whose attention summary holds at most this many values get their verdict drawn on open
+AUTO_VERDICT_MAX_VALUES = 5_000_000
+
+
+def verdict_cost(path: Path) -> int:
+    """Values the verdict reads from a store's attention summary (examples × layers × heads × sources × segments)."""
+    ds = open_dataset(path)
+    return int(ds["attn_share"].size) if "attn_share" in ds else 0
+
+
 def _filtered(path: Path, filters: dict[str, tuple[str, ...]]):
     """The store's dataset cut to the filtered examples, with its eval group (same examples) attached as attrs["eval"]."""
     ds = open_dataset(path)
@@ -67,7 +77,16 @@ def render(ctx: ViewContext) -> None:
         st.info("Choose an *after* store in the sidebar to see the before → after verdict.")
     else:
         st.subheader("Verdict (probe.report, 95% bootstrap intervals)")
-        st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
+        size = max(verdict_cost(p) for p in ctx.stores.values())
+        asked = st.session_state.get("verdict_asked") == (ctx.before, ctx.after, ctx.filters)
+        if size <= AUTO_VERDICT_MAX_VALUES or asked:
+            st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
+        else:
+            st.caption(f"The verdict reads every captured example's attention summary ({size / 1e6:.0f} M values per store) "
+                       "and bootstraps it, as `probe compare` does: it runs when asked, then stays cached.")
+            if st.button("compute the verdict", key="verdict_button"):
+                st.session_state["verdict_asked"] = (ctx.before, ctx.after, ctx.filters)
+                st.rerun()
     st.subheader("Behavioural visual dependence per language")
     table = _dependence_cached(tuple(ctx.stores.items()), ctx.filters)
     if table.empty:

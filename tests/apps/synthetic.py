@@ -103,7 +103,8 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
         vi = SEGMENT_NAMES.index("visual")
         share[..., vi] *= visual_scale
         pat = attention_rows(rng, k, seg, lay, visual_scale)
-        kk = rng.normal(size=(k, len(LAYERS), KV_HEADS, n_pos, D_HEAD)).astype(np.float32)
+        kk = np.full((k, len(LAYERS), KV_HEADS, n_pos, D_HEAD), np.nan, np.float32)  # pads stay NaN, as capture stores them
+        kk[..., seg != Segment.PAD, :] = rng.normal(size=(k, len(LAYERS), KV_HEADS, int((seg != Segment.PAD).sum()), D_HEAD))
         kk[..., seg == Segment.VISUAL, :] += 3.0 * visual_scale
         data = {
             "segment_ids": np.tile(seg, (k, 1)),
