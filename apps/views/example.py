@@ -18,6 +18,7 @@ from apps.views.context import ViewContext
 from probe.analysis._io import to_str
 from probe.segments import Segment
 
+MAX_LISTED = 2000  # more filtered examples than this: type the id instead of picking it from a list
 LAYOUT_VARS = ("visual_box", "visual_tile_box", "visual_tile", "image_size")
 # transparent at 0 so the image shows through where a token gets no attention
 _HEAT = [[0.0, "rgba(0,0,0,0)"], [0.05, "rgba(255,255,0,0.2)"], [0.5, "rgba(255,140,0,0.5)"], [1.0, "rgba(220,0,0,0.75)"]]
@@ -199,7 +200,13 @@ def render(ctx: ViewContext, manifest: Path | None = None) -> None:
         return
     layers, queries, heads = _layers_queries(ctx.before)
     c1, c2, c3, c4 = st.columns(4)
-    example = c1.selectbox("example", list(ids), key="ex_example")
+    if len(ids) <= MAX_LISTED:
+        example = c1.selectbox("example", list(ids), key="ex_example")
+    else:  # a long list would ship every id to the browser
+        example = c1.text_input(f"example id ({len(ids)} pass the filters)", str(ids[0]), key="ex_example_id").strip()
+        if example not in set(ids.tolist()):
+            st.error(f"example {example!r} is not among the filtered examples of both stores")
+            return
     query = c2.selectbox("query token", queries, key="ex_query",
                          help="last_prompt: the last prompt token, where the answer is predicted; answer_i: the i-th answer token")
     layer = c3.selectbox("layer", layers, key="ex_layer")
