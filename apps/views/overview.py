@@ -16,14 +16,9 @@ from probe.analysis.stats import bootstrap_scalar_ci
 from probe.report.verdict import verdict
 
 
-# stores whose attention summary holds at most this many values get their verdict drawn on open
-AUTO_VERDICT_MAX_VALUES = 5_000_000
-
-
-def verdict_cost(path: Path) -> int:
-    """Values the verdict reads from a store's attention summary (examples × layers × heads × sources × segments)."""
-    ds = open_dataset(path)
-    return int(ds["attn_share"].size) if "attn_share" in ds else 0
+# the verdict runs every analysis of `probe compare` (bootstraps, CV probes, CKA): drawn on open for stores up to this
+# many examples (the organism's), on request above (then cached for every session of the server)
+AUTO_VERDICT_MAX_EXAMPLES = 1000
 
 
 def _filtered(path: Path, filters: dict[str, tuple[str, ...]]):
@@ -77,13 +72,13 @@ def render(ctx: ViewContext) -> None:
         st.info("Choose an *after* store in the sidebar to see the before → after verdict.")
     else:
         st.subheader("Verdict (probe.report, 95% bootstrap intervals)")
-        size = max(verdict_cost(p) for p in ctx.stores.values())
+        n = max(open_dataset(p).sizes["example"] for p in ctx.stores.values())
         asked = st.session_state.get("verdict_asked") == (ctx.before, ctx.after, ctx.filters)
-        if size <= AUTO_VERDICT_MAX_VALUES or asked:
+        if n <= AUTO_VERDICT_MAX_EXAMPLES or asked:
             st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
         else:
-            st.caption(f"The verdict reads every captured example's attention summary ({size / 1e6:.0f} M values per store) "
-                       "and bootstraps it, as `probe compare` does: it runs when asked, then stays cached.")
+            st.caption(f"The verdict runs every analysis of `probe compare` over {n} examples (bootstraps, cross-validated "
+                       "probes, CKA): it runs when asked, then stays cached for every viewer of this server.")
             if st.button("compute the verdict", key="verdict_button"):
                 st.session_state["verdict_asked"] = (ctx.before, ctx.after, ctx.filters)
                 st.rerun()

@@ -136,3 +136,17 @@ def test_interventions_from_store_runs_group(app):
     assert not at.exception, at.exception
     assert at.sidebar.selectbox(key="results").value == "before.zarr::runs/boost"
     assert len(at.dataframe[0].value) == 12
+
+
+def test_overview_verdict_on_request_for_large_stores(app, monkeypatch):
+    import apps.views.overview as ov
+
+    monkeypatch.setattr(ov, "AUTO_VERDICT_MAX_EXAMPLES", 10)
+    at = app(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert not at.exception, at.exception
+    assert "attention (H1)" not in " ".join(m.value for m in at.markdown)
+    assert len(at.dataframe) == 1  # the behavioural table is drawn at once
+    at.button(key="verdict_button").click().run()
+    assert not at.exception, at.exception
+    assert "attention (H1)" in " ".join(m.value for m in at.markdown)
