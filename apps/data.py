@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,12 @@ FILTER_COORDS = ("lang", "question_type", "condition")
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:
-    """The store's lazy (dask-backed) dataset; per-example coords are in memory."""
+    """The store's lazy (dask-backed) dataset; per-example coords are in memory. Reopened when the store commits more."""
+    return _open(str(path), (Path(path) / "zarr.json").stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _open(path: str, committed_stamp: int) -> xr.Dataset:
     return TraceStore.open(path).dataset
 
 

@@ -27,7 +27,7 @@ def _filtered(path: Path, filters: dict[str, tuple[str, ...]]):
     ds = ds.isel(example=np.flatnonzero(example_mask(ds, filters)))
     ev = read_group(path, "eval")
     if ev is not None:
-        ds.attrs["eval"] = filter_eval(ev, to_str(ds["example"].values)).load()
+        ds = ds.assign_attrs(eval=filter_eval(ev, to_str(ds["example"].values)).load())  # a new attrs dict: the open dataset is shared
     return ds
 
 
