@@ -101,3 +101,12 @@ def test_app_refuses_outside_root_with_one_line(app, dash_root, tmp_path_factory
         assert not at.exception, at.exception
         assert len(at.error) == 1 and at.error[0].value.startswith("refused:") and "\n" not in at.error[0].value
         assert not at.dataframe  # nothing of the store was shown
+
+
+def test_module_entry_refuses_missing_root_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "apps", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: dashboard ROOT is not a folder: {tmp_path / 'missing'}"]
