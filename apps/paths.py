@@ -1,0 +1,77 @@
+"""Which paths the dashboard may open: stores and result datasets under ROOT, never outside it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class PathRefused(ValueError):
+    """A requested path is not under the dashboard's ROOT (through `..`, an absolute path or a symlink)."""
+
+
+def resolve_under_root(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
+    """The real path of ``rel`` (relative to ``root``); PathRefused (one line) if it leaves ``root``.
+
+    ``..`` components are refused outright; symlinks are followed and the target must still lie under ROOT.
+    """
+    root_real = Path(root).resolve(strict=True)
+    text = str(rel).strip()
+    if not text:
+        raise PathRefused("refused: empty path")
+    parts = Path(text).parts
+    if ".." in parts:
+        raise PathRefused(f"refused: {text!r} contains '..'; give a path under ROOT {root_real}")
+    candidate = Path(text) if Path(text).is_absolute() else root_real / text
+    real = candidate.resolve(strict=False)
+    if real != root_real and root_real not in real.parents:
+        raise PathRefused(f"refused: {text!r} resolves to {real}, outside ROOT {root_real}")
+    return real
+
+
+def _zarr_meta(path: Path) -> dict | None:
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _is_store(meta: dict) -> bool:
+    return meta.get("node_type") == "group" and "visblind_store" in (meta.get("attributes") or {})
+
+
+def _is_results(path: Path, meta: dict) -> bool:
+    """A plain xarray zarr group holding `visual_dependence` over an `intervention` dim (experiment-runner results)."""
+    if meta.get("node_type") != "group":
+        return False
+    var = _zarr_meta(path / "visual_dependence")
+    return bool(var) and "intervention" in (var.get("dimension_names") or ())
+
+
+def discover(root: str | os.PathLike, max_depth: int = 4) -> dict[str, list[str]]:
+    """Stores, intervention-result datasets and JSONL manifests under ``root`` as ROOT-relative paths.
+
+    Returns {"stores": [...], "results": [...], "manifests": [...]}.
+
+    Symlinked folders are not followed; nothing below a found zarr group is searched.
+    """
+    root_real = Path(root).resolve(strict=True)
+    found: dict[str, list[str]] = {"stores": [], "results": [], "manifests": []}
+    for dirpath, dirnames, filenames in os.walk(root_real, followlinks=False):
+        here = Path(dirpath)
+        found["manifests"] += [str((here / f).relative_to(root_real)) for f in filenames
+                               if f.endswith(".jsonl") and not (here / f).is_symlink()]
+        depth = len(here.relative_to(root_real).parts)
+        meta = _zarr_meta(here) if here != root_real else None
+        if meta is not None:
+            rel = str(here.relative_to(root_real))
+            if _is_store(meta):
+                found["stores"].append(rel)
+            elif _is_results(here, meta):
+                found["results"].append(rel)
+            dirnames.clear()
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
+    return {k: sorted(v) for k, v in found.items()}

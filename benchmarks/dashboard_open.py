@@ -1,0 +1,72 @@
+"""Time the dashboard opening a 5,000-example store pair and drawing its overview (Streamlit AppTest, cold cache).
+
+    PYTHONPATH=. python benchmarks/dashboard_open.py [--n 5000] [--repeat 3]
+
+Prints seconds for: the first (cold) run of the overview, a rerun (warm caches), and the heads view. The machine's
+load average is printed beside (timings on a shared machine vary with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "apps"))
+
+
+def main() -> None:
+    import streamlit as st
+    import synthetic as S
+    from streamlit.testing.v1 import AppTest
+
+    from apps.launch import APP_FILE
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=32)
+    args = ap.parse_args()
+    # import what the views import before timing: the first open of a fresh server pays this once
+    import apps.views.overview  # noqa: F401
+    import apps.views.heads  # noqa: F401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        # attention summary of a real model by default (32 layers × 32 heads); keys and patterns are not read here
+        S.LAYERS, S.HEADS = tuple(range(args.layers)), args.heads
+        for name, scale in (("before.zarr", 1.0), ("after.zarr", 0.3)):
+            S.write_store(root / name, args.n, seed=int(scale * 10), visual_scale=scale, keys=False, pattern=False,
+                          examples_per_chunk=512)
+        print(f"built 2 stores of {args.n} examples ({args.layers} layers × {args.heads} heads) in {time.perf_counter() - t:.1f} s")
+        os.environ["VISBLIND_DASHBOARD_ROOT"] = str(root)
+        for view in ("overview", "heads"):
+            for i in range(args.repeat):
+                at = AppTest.from_file(str(APP_FILE), default_timeout=600)
+                at.query_params.update(before="before.zarr", after="after.zarr", view=view)
+                if i == 0:
+                    st.cache_data.clear()
+                    st.cache_resource.clear()
+                t = time.perf_counter()
+                at.run()
+                dt = time.perf_counter() - t
+                assert not at.exception, at.exception
+                t2 = time.perf_counter()
+                at.run()
+                print(f"load {os.getloadavg()[0]:.1f} | {view}: open + draw {dt:.2f} s (run {i}, caches cleared before run 0); rerun {time.perf_counter() - t2:.2f} s")
+                buttons = [b for b in at.button if b.key == "verdict_button"]
+                if buttons:
+                    t3 = time.perf_counter()
+                    buttons[0].click().run()
+                    assert not at.exception, at.exception
+                    print(f"load {os.getloadavg()[0]:.1f} | overview: verdict on request {time.perf_counter() - t3:.2f} s (run {i})")
+
+
+if __name__ == "__main__":
+    main()
