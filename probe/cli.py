@@ -111,6 +111,23 @@ def compare_cmd(
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
+@app.command("dashboard")
+def dashboard_cmd(
+    root: Path = typer.Argument(..., help="folder whose stores (and intervention results) the dashboard may open"),
+    port: int = typer.Option(8501, "--port", help="port to serve on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; the default serves this machine only"),
+) -> None:
+    """Serve the Streamlit dashboard over the stores under ROOT (needs `pip install -e '.[apps]'`)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("apps") is None or importlib.util.find_spec("streamlit") is None:
+        raise typer.BadParameter("the dashboard needs the apps extra: pip install -e '.[apps]'")
+    # probe never imports apps (import-linter contract): the dashboard runs as its own program
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "apps", str(root), "--port", str(port), "--host", host]))
+
+
 @data_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="folder for PNGs and JSONL manifests"),
