@@ -1,0 +1,229 @@
+"""Attention edits under SDPA vs an eager reference that applies the same edit to the full attention logits."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers.modeling_utils import AttentionInterface
+
+from interventions import VAR, Boost, Knockout, Temperature, compose
+from probe.segments import Segment, last_prompt_index
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _eager_reference(layers, heads, query_rows, edit_fn, original):
+    """An attention function replacing SDPA: full eager softmax(QK^T·s + mask) V, `edit_fn` applied to the full
+    logits [head, seq] of each chosen (example, query) at the chosen layers/heads. Written independently of
+    interventions.attention (no row gathering, no head subsetting)."""
+    attn_modules = {}
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
+        if id(module) not in attn_modules:  # the vision tower's attention
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kw)
+        b, h, t, d = query.shape
+        groups = h // key.shape[1]
+        k = key.repeat_interleave(groups, 1).double()
+        v = value.repeat_interleave(groups, 1).double()
+        scores = (query.double() @ k.transpose(-1, -2)) * scaling
+        if attention_mask is None:
+            scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask.double()
+        layer = attn_modules.get(id(module))
+        probs = torch.softmax(scores, -1)
+        if layer in layers:
+            for ex in range(b):
+                for qpos in query_rows[ex]:
+                    for head in heads:
+                        probs[ex, head, qpos] = edit_fn(scores[ex, head, qpos], ex, layer, head)
+        return (probs @ v).to(query.dtype).transpose(1, 2).contiguous(), probs
+
+    return attention, attn_modules
+
+
+def _run_reference(logits, adapter, batch, layers, heads, sources, edit_fn):
+    segs = batch.segments
+    rows = []
+    for ex in range(segs.shape[0]):
+        r = set()
+        if "last_prompt" in sources:
+            r.add(int(last_prompt_index(segs)[ex]))
+        if "answer" in sources:
+            r |= set((segs[ex] == Segment.ANSWER).nonzero().flatten().tolist())
+        if "text" in sources:
+            r |= set(((segs[ex] == Segment.TEXT) | (segs[ex] == Segment.ANSWER)).nonzero().flatten().tolist())
+        rows.append(sorted(r))
+    mapping = AttentionInterface._global_mapping
+    saved = mapping["sdpa"]
+    fn, modules = _eager_reference(set(layers), heads, rows, edit_fn, saved)
+    for i, m in enumerate(adapter.attention_modules):
+        modules[id(m)] = i
+    mapping["sdpa"] = fn
+    try:
+        return logits(adapter, batch)
+    finally:
+        mapping["sdpa"] = saved
+
+
+def test_reference_without_edit_is_sdpa(pair, batch, logits):
+    adapter = pair[0]
+    same = _run_reference(logits, adapter, batch, (), (), ("last_prompt",), None)
+    torch.testing.assert_close(same.float(), logits(adapter, batch), **TOL)
+
+
+def _visual(batch, ex):
+    return batch.segments[ex] == Segment.VISUAL
+
+
+def test_registry_is_where_transformers_looks(pair, batch, logits):
+    """The edits wrap AttentionInterface._global_mapping (private); if transformers stops reading it, this fails."""
+    adapter = pair[0]
+    base = logits(adapter, batch)
+    mapping = AttentionInterface._global_mapping
+    saved = mapping["sdpa"]
+    mapping["sdpa"] = lambda module, q, k, v, *a, **kw: (torch.zeros_like(q).transpose(1, 2), None)
+    try:
+        changed = logits(adapter, batch)
+    finally:
+        mapping["sdpa"] = saved
+    assert not torch.allclose(base, changed)
+
+
+@pytest.mark.parametrize("sources", [("last_prompt",), ("last_prompt", "answer"), ("text",)])
+def test_boost_matches_eager_reference(pair, batch, logits, sources):
+    adapter = pair[0]
+    alpha, layers, heads = 0.5, (1, 2), (0, 3)
+
+    def ref(scores, ex, layer, head):
+        vis = _visual(batch, ex)
+        s = scores.clone()
+        s[vis] = s[vis] + alpha * s[vis].abs()
+        return torch.softmax(s, -1)
+
+    expected = _run_reference(logits, adapter, batch, layers, heads, sources, ref)
+    edit = Boost(adapter, alpha=alpha, layers=layers, heads=heads, queries=sources)
+    with edit:
+        edit.set_batch(batch)
+        got = logits(adapter, batch)
+    torch.testing.assert_close(got, expected.float(), **TOL)
+    assert not torch.allclose(got, logits(adapter, batch), atol=1e-4), "the edit should change the logits"
+
+
+def test_boost_defaults_are_pai(pair):
+    b = Boost(pair[0])
+    assert b.alpha == 0.2 and b.layers == (2,) and b.queries == ("last_prompt", "answer")
+
+
+def test_temperature_and_knockout_match_eager_reference(pair, batch, logits):
+    adapter = pair[0]
+    scale = 2.5
+
+    def ref_t(scores, ex, layer, head):
+        vis = _visual(batch, ex)
+        s = scores.clone()
+        s[vis] = s[vis] * scale
+        return torch.softmax(s, -1)
+
+    def ref_k(scores, ex, layer, head):
+        s = scores.clone()
+        s[_visual(batch, ex)] = float("-inf")
+        return torch.softmax(s, -1)
+
+    for edit, ref in ((Temperature(adapter, scale=scale, layers=(0, 2)), ref_t), (Knockout(adapter, layers=(0, 2)), ref_k)):
+        expected = _run_reference(logits, adapter, batch, (0, 2), range(adapter.num_heads), ("last_prompt", "answer"), ref)
+        with edit:
+            edit.set_batch(batch)
+            got = logits(adapter, batch)
+        torch.testing.assert_close(got, expected.float(), **TOL)
+
+
+def test_var_matches_eager_reference(pair, batch, logits):
+    adapter = pair[0]
+    p, rho, summ = 0.6, 0.5, 0.0
+    g = torch.Generator().manual_seed(0)
+    # sinks: a few visual tokens and the first text token of each example
+    sinks = (torch.rand(batch.segments.shape, generator=g) < 0.2) & (batch.segments == Segment.VISUAL)
+    sinks[:, 0] = True
+
+    def ref(scores, ex, layer, head):
+        probs = torch.softmax(scores, -1)
+        vis, sink = _visual(batch, ex), sinks[ex]
+        vis_mass = probs[vis].sum()
+        if probs[vis & sink].sum() > rho * vis_mass or vis_mass < summ:
+            return probs
+        out = probs.clone()
+        budget = p * probs[sink].sum()
+        out[sink] = probs[sink] * (1 - p)
+        recv = vis & ~sink
+        out[recv] += budget * probs[recv] / probs[recv].sum()
+        return out
+
+    expected = _run_reference(logits, adapter, batch, (1, 2), range(adapter.num_heads), ("last_prompt", "answer"), ref)
+    edit = VAR(adapter, p=p, rho=rho, summ=summ, layers=(1, 2))
+    edit.set_sinks(sinks)
+    with edit:
+        edit.set_batch(batch)
+        got = logits(adapter, batch)
+    torch.testing.assert_close(got, expected.float(), **TOL)
+    assert not torch.allclose(got, logits(adapter, batch), atol=1e-5)
+
+
+def test_var_detects_sinks_on_the_fly(pair, batch, logits):
+    """With sink dims and a tiny tau every token is a sink: nothing is left to receive, so nothing changes
+    beyond float noise; with tau above every |h/rms| nothing is a sink: the output is SDPA's own rows."""
+    adapter = pair[0]
+    base = logits(adapter, batch)
+    for tau in (1e-9, 1e9):
+        edit = VAR(adapter, p=0.6, sink_dims=(0, 1), tau=tau, summ=0.0)
+        with edit:
+            edit.set_batch(batch)
+            got = logits(adapter, batch)
+        torch.testing.assert_close(got, base, atol=1e-5, rtol=1e-5)
+        assert set(edit._detected) == set(edit.layers)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: Boost(a, alpha=0.0),
+    lambda a: Temperature(a, scale=1.0),
+    lambda a: Knockout(a, layers=()),
+    lambda a: VAR(a, p=0.0, sink_dims=(0,)),
+])
+def test_noop_settings_are_bit_identical(pair, batch, logits, make):
+    adapter = pair[0]
+    base = logits(adapter, batch)
+    edit = make(adapter)
+    with edit:
+        edit.set_batch(batch)
+        assert torch.equal(logits(adapter, batch), base)
+
+
+def test_edits_compose_and_uninstall(pair, batch, logits):
+    adapter = pair[0]
+    base = logits(adapter, batch)
+    mapping_before = dict(AttentionInterface._global_mapping)
+    both = compose(Boost(adapter, alpha=0.3), Knockout(adapter, layers=(0,)))
+    with both:
+        both.set_batch(batch)
+        edited = logits(adapter, batch)
+    assert not torch.allclose(edited, base, atol=1e-4)
+    assert dict(AttentionInterface._global_mapping) == mapping_before
+    assert torch.equal(logits(adapter, batch), base)
+
+
+def test_edit_without_batch_says_so(pair, batch, logits):
+    with Boost(pair[0]), pytest.raises(RuntimeError, match="set_batch"):
+        logits(pair[0], batch)
+
+
+def test_bad_layers_and_heads_raise(pair):
+    with pytest.raises(ValueError, match="layers"):
+        Boost(pair[0], layers=(7,))
+    with pytest.raises(ValueError, match="heads"):
+        Knockout(pair[0], heads=(9,))
+    with pytest.raises(ValueError, match="query source"):
+        Knockout(pair[0], queries=("visual",))
