@@ -36,6 +36,23 @@ class ModelInputs:
         return ModelInputs(moved, self.segments.to(device), labels, list(self.example_ids))
 
 
+def standard_components(vision: str, projector: str, language_model: str, **extras: str) -> dict[str, str]:
+    """The canonical component map (name -> module or parameter path) of a vision -> projector -> decoder model.
+
+    `language_model` is the decoder's base module (holding `embed_tokens`, `layers`, `norm`); `extras` are
+    family-specific pieces outside those, e.g. LLaVA-NeXT's learned `image_newline` parameter.
+    """
+    return {
+        "vision": vision,
+        "projector": projector,
+        "embed": f"{language_model}.embed_tokens",
+        "lm.layer.{i}": f"{language_model}.layers.{{i}}",
+        "final_norm": f"{language_model}.norm",
+        "lm_head": "lm_head",
+        **extras,
+    }
+
+
 def standard_sites(vision: str, projector: str, decoder_layers: str) -> dict[str, str]:
     """The canonical site map of a vision tower -> projector -> decoder model, from three module paths."""
     return {
@@ -60,6 +77,9 @@ class ModelAdapter(ABC):
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     sites: ClassVar[dict[str, str]]
+    # the modules a user freezes, swaps or edits (see `standard_components`); kept apart from the read sites,
+    # which may sit inside a component (Qwen2-VL reads `vision.out` at the last vision block)
+    components: ClassVar[dict[str, str]]
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
@@ -69,20 +89,81 @@ class ModelAdapter(ABC):
     def module(self, site: str, i: int | None = None) -> nn.Module:
         """The module at canonical `site` (layer index `i` for per-layer sites)."""
         path = self.sites[site].format(i=i)
-        return self.model.get_submodule(path)
+        return self.base_model.get_submodule(path)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The wrapped transformers model (a PEFT model's base model); component paths are relative to it."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def component_names(self) -> list[str]:
+        """Every component name, decoder layers expanded (`lm.layer.0`, `lm.layer.1`, ...), in forward order."""
+        names: list[str] = []
+        for name in self.components:
+            if "{i}" in name:
+                names += [name.format(i=i) for i in range(self.num_layers)]
+            else:
+                names.append(name)
+        return names
+
+    def component_path(self, name: str) -> str:
+        """Module (or parameter) path of component `name`; one-line KeyError naming the known ones."""
+        if name in self.components:
+            return self.components[name]
+        layer = "lm.layer.{i}"
+        if layer in self.components and name.startswith("lm.layer.") and name.removeprefix("lm.layer.").isdigit():
+            i = int(name.removeprefix("lm.layer."))
+            if i < self.num_layers:
+                return self.components[layer].format(i=i)
+        raise KeyError(f"adapter {self.name!r}: no component {name!r}; known: {', '.join(self.component_names())}")
+
+    def component(self, name: str) -> nn.Module | nn.Parameter:
+        """The module of component `name` (a parameter for parameter components such as `image_newline`).
+
+        Components may nest (Qwen2-VL's projector is `visual.merger`, inside `visual`): the module of the
+        outer one then includes the inner one, while `component_parameters` keeps them apart.
+        """
+        path = self.component_path(name)
+        try:
+            return self.base_model.get_submodule(path)
+        except AttributeError:
+            return self.base_model.get_parameter(path)
+
+    def component_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """Qualified name -> parameter of component `name`; the components' parameters partition the model's.
+
+        A parameter belongs to the component with the longest path that prefixes its name, so a nested
+        component's parameters are not its parent's. Tied weights (lm_head = embed_tokens) are one parameter,
+        listed once by `named_parameters` under the embedding's name: they belong to `embed`, and `lm_head`
+        then has none of its own.
+        """
+        self.component_path(name)  # unknown name: KeyError
+        owners = self.parameter_owners()
+        return {qual: p for qual, p in self.base_model.named_parameters() if owners[qual] == name}
+
+    def parameter_owners(self) -> dict[str, str | None]:
+        """Qualified parameter name -> the component owning it (None: no component; a bug in the adapter)."""
+        paths = sorted(((self.component_path(n), n) for n in self.component_names()), key=lambda pn: -len(pn[0]))
+
+        def owner(qualified: str) -> str | None:
+            return next((n for path, n in paths if qualified == path or qualified.startswith(path + ".")), None)
+
+        return {qual: owner(qual) for qual, _ in self.base_model.named_parameters()}
 
     @property
     def vision_tower(self) -> nn.Module:
-        return self.module("vision.out")
+        """The whole vision encoder (component `vision`)."""
+        return self.component("vision")
 
     @property
     def projector(self) -> nn.Module:
-        return self.module("projector.out")
+        """The vision-to-language projector (component `projector`)."""
+        return self.component("projector")
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
         """The LLM decoder's layers, in order (the module list the `lm.layer.{i}.resid` site indexes)."""
-        return self.model.get_submodule(self.sites["lm.layer.{i}.resid"].removesuffix(".{i}"))
+        return self.base_model.get_submodule(self.sites["lm.layer.{i}.resid"].removesuffix(".{i}"))
 
     @property
     def image_token_id(self) -> int:

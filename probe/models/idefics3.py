@@ -8,7 +8,7 @@ import torch
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs, standard_sites
+from probe.models.base import ModelAdapter, ModelInputs, standard_components, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -26,6 +26,7 @@ class Idefics3Adapter(ModelAdapter):
     name = "idefics3"
     model_types = ("idefics3", "smolvlm")
     sites = standard_sites("model.vision_model", "model.connector", "model.text_model.layers")
+    components = standard_components("model.vision_model", "model.connector", "model.text_model")
 
     def _segments(self, ids: list[int]) -> list[int]:
         segs = segments_from_ids(ids, {self.image_token_id: Segment.VISUAL})

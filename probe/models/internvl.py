@@ -8,7 +8,7 @@ import torch
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs, standard_sites
+from probe.models.base import ModelAdapter, ModelInputs, standard_components, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -20,6 +20,7 @@ class InternVLAdapter(ModelAdapter):
     name = "internvl"
     model_types = ("internvl",)
     sites = standard_sites("model.vision_tower", "model.multi_modal_projector", "model.language_model.layers")
+    components = standard_components("model.vision_tower", "model.multi_modal_projector", "model.language_model")
 
     def visual_units(self, batch: ModelInputs) -> list[int]:
         """Tiles per example: the vision tower sees each tile (with its CLS token) on its own."""

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import BadExampleError, ModelAdapter, ModelInputs, standard_sites
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs, standard_components, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -27,6 +28,12 @@ class LlavaAdapter(ModelAdapter):
     name = "llava"
     model_types = ("llava", "llava_next", "llava_onevision")
     sites = standard_sites("model.vision_tower", "model.multi_modal_projector", "model.language_model.layers")
+    components = standard_components("model.vision_tower", "model.multi_modal_projector", "model.language_model")
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        super().__init__(model, processor)
+        if hasattr(self.base_model.model, "image_newline"):  # anyres: the learned row-end embedding
+            self.components = {**type(self).components, "image_newline": "model.image_newline"}
 
     @property
     def image_token_id(self) -> int:

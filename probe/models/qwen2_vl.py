@@ -10,7 +10,7 @@ from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs, standard_sites
+from probe.models.base import ModelAdapter, ModelInputs, standard_components, standard_sites
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -28,10 +28,12 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     sites = standard_sites("model.visual.blocks.{last}", "model.visual.merger", "model.language_model.layers")
+    # the vision component is the whole ViT but its merger, which is the projector (nested: see `component`)
+    components = standard_components("model.visual", "model.visual.merger", "model.language_model")
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         super().__init__(model, processor)
-        last = len(self.model.get_submodule("model.visual.blocks")) - 1
+        last = len(self.base_model.get_submodule("model.visual.blocks")) - 1
         # per instance: the last vision block's index depends on the checkpoint
         self.sites = {k: v.replace("{last}", str(last)) for k, v in type(self).sites.items()}
 
