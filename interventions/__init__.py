@@ -1,6 +1,9 @@
 """Causal interventions on multimodal models: context managers over an adapter or a donor/recipient pair."""
 
 from interventions.attention import VAR, AttentionEdit, Boost, Knockout, Temperature
+from interventions.ablation import VisualTokenAblation, ablate_examples, diffusion_noise, visual_token_mean
+from interventions.patching import ActivationPatch, patch_sweep, record_activations
+from interventions.score import rank_answers, score_answers
 from interventions.swap import ComponentSwap
 from interventions.base import (
     Composed,
@@ -13,6 +16,7 @@ from interventions.base import (
 )
 
 __all__ = [
-    "VAR", "AttentionEdit", "Boost", "ComponentSwap", "Composed", "Intervention", "Knockout", "Temperature",
+    "VAR", "ActivationPatch", "AttentionEdit", "Boost", "VisualTokenAblation", "ablate_examples", "diffusion_noise",
+    "patch_sweep", "rank_answers", "record_activations", "score_answers", "visual_token_mean", "ComponentSwap", "Composed", "Intervention", "Knockout", "Temperature",
     "available_interventions", "compose", "intervention_class", "make_intervention", "register_intervention",
 ]
