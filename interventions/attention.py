@@ -124,7 +124,7 @@ class AttentionEdit(Intervention):
         def wrapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
             out = fn(module, *args, **kwargs)
             layer = self._by_module.get(id(module))
-            if layer is None:
+            if layer is None or self.paused:
                 return out
             bound = signature.bind(module, *args, **kwargs)
             call = {k: v for k, v in bound.arguments.items() if k != "kwargs"}

@@ -30,6 +30,8 @@ class Intervention:
 
     def __init__(self) -> None:
         self._undo: Callable[[], None] | None = None
+        #: while True an installed intervention passes through (used for a contrast pass that must run plain)
+        self.paused = False
 
     @property
     def is_noop(self) -> bool:
