@@ -1,8 +1,8 @@
 """Attention edits on visual keys, computed inside the decoder's attention call (the model keeps running SDPA).
 
-While installed, transformers' attention registry entries are wrapped (the same public
-`AttentionInterface` the capture recorder hooks): a call from a chosen decoder layer first runs the
-original kernel, then recomputes exactly the rows of the chosen queries and heads — logits from the
+While installed, a hook runs inside each chosen decoder layer's attention call
+(`probe.capture.attention_hook.attach`, the mechanism the capture recorder uses): it first runs the
+model's kernel, then recomputes exactly the rows of the chosen queries and heads — logits from the
 call's own post-RoPE q/k and mask, in float32 — applies the edit, and writes softmax(edited) @ V
 over those rows of the kernel's output. Cost grows with the number of edited query rows, not T².
 
@@ -23,16 +23,15 @@ Edits (each `edit` maps masked logits [batch, head, n, seq] to probabilities):
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_utils import AttentionInterface
 
 from interventions._roles import padded_positions, query_mask
 from interventions.base import Intervention, register_intervention
+from probe.capture.attention_hook import AttentionCall, attach
 from probe.models.base import ModelAdapter, ModelInputs
 from probe.segments import Segment
 
@@ -79,8 +78,6 @@ class AttentionEdit(Intervention):
             raise ValueError(f"heads {list(self.heads)} out of range: the decoder has {n_heads} heads")
         self.queries = tuple(queries)
         query_mask(torch.zeros((1, 1), dtype=torch.long), self.queries)  # validates the names
-        modules = adapter.attention_modules
-        self._by_module = {id(modules[i]): i for i in self.layers}
         self._segments: torch.Tensor | None = None
         self._qpos: torch.Tensor | None = None
 
@@ -98,45 +95,19 @@ class AttentionEdit(Intervention):
 
     # --- install -------------------------------------------------------------------
     def _install(self) -> Callable[[], None]:
-        for i in self.layers:
-            impl = getattr(getattr(self.adapter.attention_modules[i], "config", None), "_attn_implementation", None)
-            if impl is not None and impl not in AttentionInterface._global_mapping:
-                raise ValueError(f"decoder layer {i} runs attention {impl!r}; load the model with attn_implementation='sdpa' "
-                                 "to edit attention")
-        # transformers has no public hook on the attention call other than registering a function; wrapping the
-        # registry's entries (as probe's recorder does) keeps the model's own kernel selection. Test:
-        # tests/interventions/test_attention_edits.py::test_registry_is_where_transformers_looks
-        mapping = AttentionInterface._global_mapping
-        saved = dict(mapping)
-        for name, fn in saved.items():
-            mapping[name] = self._wrap(fn)
+        return attach(self.adapter.attention_modules, self._hook, self.layers).detach
 
-        def undo() -> None:
-            for name, fn in saved.items():
-                mapping[name] = fn
+    def _hook(self, call: AttentionCall, proceed: Callable[[AttentionCall], tuple]) -> tuple:
+        out, weights = proceed(call)
+        if self.paused:
+            return out, weights
+        return self._apply(call, out), weights
 
-        return undo
-
-    def _wrap(self, fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            out = fn(module, *args, **kwargs)
-            layer = self._by_module.get(id(module))
-            if layer is None or self.paused:
-                return out
-            bound = signature.bind(module, *args, **kwargs)
-            call = {k: v for k, v in bound.arguments.items() if k != "kwargs"}
-            call.update(bound.arguments.get("kwargs", {}))
-            return (self._apply(layer, module, call, out[0]), *out[1:])
-
-        return wrapped
-
-    def _apply(self, layer: int, module: nn.Module, call: dict[str, Any], out: torch.Tensor) -> torch.Tensor:
+    def _apply(self, call: AttentionCall, out: torch.Tensor) -> torch.Tensor:
+        layer = call.layer
         if self._segments is None or self._qpos is None:
             raise RuntimeError(f"{type(self).__name__}: call set_batch(batch) before the forward pass")
-        query, key, value = call["query"], call["key"], call["value"]
+        query, key, value = call.query, call.key, call.value
         batch, n_heads, q_len, _ = query.shape
         if (batch, q_len) != tuple(self._segments.shape) or key.shape[2] != q_len:
             raise RuntimeError(
@@ -153,17 +124,17 @@ class AttentionEdit(Intervention):
         d = query.shape[-1]
         q = query[:, heads].gather(2, safe[:, None, :, None].expand(batch, len(self.heads), safe.shape[1], d)).float()
         k = key.repeat_interleave(groups, dim=1)[:, heads].float()
+        # an outer hook (the recorder) may have widened value with segment one-hot columns: the edited rows then
+        # carry the edited attention's segment mass to it, so what is recorded is the edited attention
         v = value.repeat_interleave(groups, dim=1)[:, heads].float()
-        scaling = call.get("scaling")
-        scaling = float(scaling) if scaling is not None else d**-0.5
-        logits = (q @ k.transpose(-1, -2)) * scaling
-        softcap = call.get("softcap")
+        logits = (q @ k.transpose(-1, -2)) * call.scaling
+        softcap = call.kwargs.get("softcap")
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        logits = _masked(logits, call, module, segments, safe)
+        logits = _masked(logits, call, segments, safe)
         visual = (segments == Segment.VISUAL)[:, None, None, :]
         probs = self.edit(logits, visual, layer, safe)
-        rows = probs @ v  # [batch, heads, n, d]
+        rows = probs @ v  # [batch, heads, n, d_v]
         b_idx, n_idx = (qpos >= 0).nonzero(as_tuple=True)
         new = out.clone()
         p_idx = qpos[b_idx, n_idx]
@@ -171,17 +142,17 @@ class AttentionEdit(Intervention):
         return new
 
 
-def _masked(logits: torch.Tensor, call: dict[str, Any], module: nn.Module, segments: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def _masked(logits: torch.Tensor, call: AttentionCall, segments: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Apply the call's mask to the logits rows of the queries at `pos` ([batch, n]); -inf where a key is hidden."""
     batch, _, n, kv = logits.shape
-    mask = call.get("attention_mask")
+    mask = call.attention_mask
     if mask is None:
-        is_causal = call.get("is_causal")
-        causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+        is_causal = call.kwargs.get("is_causal")
+        causal = bool(is_causal if is_causal is not None else getattr(call.module, "is_causal", True))
         allowed = (segments != Segment.PAD)[:, None, None, :].expand(batch, 1, n, kv)
         if causal:
             allowed = allowed & (torch.arange(kv, device=pos.device) <= pos[:, None, :, None])
-        if call.get("sliding_window") or getattr(module, "sliding_window", None):
+        if call.kwargs.get("sliding_window") or getattr(call.module, "sliding_window", None):
             raise NotImplementedError("attention edits do not support sliding-window attention yet")
         return logits.masked_fill(~allowed, float("-inf"))
     if mask.dim() != 4:

@@ -2,48 +2,43 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from transformers.modeling_utils import AttentionInterface
 
 from interventions import VAR, Boost, Knockout, Temperature, compose
+from probe.capture.attention_hook import attach
 from probe.segments import Segment, last_prompt_index
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-def _eager_reference(layers, heads, query_rows, edit_fn, original):
-    """An attention function replacing SDPA: full eager softmax(QK^T·s + mask) V, `edit_fn` applied to the full
-    logits [head, seq] of each chosen (example, query) at the chosen layers/heads. Written independently of
-    interventions.attention (no row gathering, no head subsetting)."""
-    attn_modules = {}
+def _eager_reference(layers, heads, query_rows, edit_fn):
+    """An attention hook computing the full eager softmax(QK^T·s + mask) V itself (the kernel never runs), with
+    `edit_fn` applied to the full logits [seq] of each chosen (example, head, query) at the chosen layers.
+    Written independently of interventions.attention (no row gathering, no head subsetting)."""
 
-    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
-        if id(module) not in attn_modules:  # the vision tower's attention
-            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kw)
+    def hook(call, proceed):
+        query, key, value, mask = call.query, call.key, call.value, call.attention_mask
         b, h, t, d = query.shape
         groups = h // key.shape[1]
         k = key.repeat_interleave(groups, 1).double()
         v = value.repeat_interleave(groups, 1).double()
-        scores = (query.double() @ k.transpose(-1, -2)) * scaling
-        if attention_mask is None:
+        scores = (query.double() @ k.transpose(-1, -2)) * call.scaling
+        if mask is None:
             scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
-        elif attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
         else:
-            scores = scores + attention_mask.double()
-        layer = attn_modules.get(id(module))
+            scores = scores + mask.double()
         probs = torch.softmax(scores, -1)
-        if layer in layers:
+        if call.layer in layers:
             for ex in range(b):
                 for qpos in query_rows[ex]:
                     for head in heads:
-                        probs[ex, head, qpos] = edit_fn(scores[ex, head, qpos], ex, layer, head)
-        return (probs @ v).to(query.dtype).transpose(1, 2).contiguous(), probs
+                        probs[ex, head, qpos] = edit_fn(scores[ex, head, qpos], ex, call.layer, head)
+        return (probs @ v).to(query.dtype).transpose(1, 2).contiguous(), None
 
-    return attention, attn_modules
+    return hook
 
 
 def _run_reference(logits, adapter, batch, layers, heads, sources, edit_fn):
@@ -58,16 +53,8 @@ def _run_reference(logits, adapter, batch, layers, heads, sources, edit_fn):
         if "text" in sources:
             r |= set(((segs[ex] == Segment.TEXT) | (segs[ex] == Segment.ANSWER)).nonzero().flatten().tolist())
         rows.append(sorted(r))
-    mapping = AttentionInterface._global_mapping
-    saved = mapping["sdpa"]
-    fn, modules = _eager_reference(set(layers), heads, rows, edit_fn, saved)
-    for i, m in enumerate(adapter.attention_modules):
-        modules[id(m)] = i
-    mapping["sdpa"] = fn
-    try:
+    with attach(adapter.attention_modules, _eager_reference(set(layers), heads, rows, edit_fn)):
         return logits(adapter, batch)
-    finally:
-        mapping["sdpa"] = saved
 
 
 def test_reference_without_edit_is_sdpa(pair, batch, logits):
@@ -78,20 +65,6 @@ def test_reference_without_edit_is_sdpa(pair, batch, logits):
 
 def _visual(batch, ex):
     return batch.segments[ex] == Segment.VISUAL
-
-
-def test_registry_is_where_transformers_looks(pair, batch, logits):
-    """The edits wrap AttentionInterface._global_mapping (private); if transformers stops reading it, this fails."""
-    adapter = pair[0]
-    base = logits(adapter, batch)
-    mapping = AttentionInterface._global_mapping
-    saved = mapping["sdpa"]
-    mapping["sdpa"] = lambda module, q, k, v, *a, **kw: (torch.zeros_like(q).transpose(1, 2), None)
-    try:
-        changed = logits(adapter, batch)
-    finally:
-        mapping["sdpa"] = saved
-    assert not torch.allclose(base, changed)
 
 
 @pytest.mark.parametrize("sources", [("last_prompt",), ("last_prompt", "answer"), ("text",)])
@@ -205,13 +178,13 @@ def test_noop_settings_are_bit_identical(pair, batch, logits, make):
 def test_edits_compose_and_uninstall(pair, batch, logits):
     adapter = pair[0]
     base = logits(adapter, batch)
-    mapping_before = dict(AttentionInterface._global_mapping)
+    impl = adapter.text_config._attn_implementation
     both = compose(Boost(adapter, alpha=0.3), Knockout(adapter, layers=(0,)))
     with both:
         both.set_batch(batch)
         edited = logits(adapter, batch)
     assert not torch.allclose(edited, base, atol=1e-4)
-    assert dict(AttentionInterface._global_mapping) == mapping_before
+    assert adapter.text_config._attn_implementation == impl
     assert torch.equal(logits(adapter, batch), base)
 
 
