@@ -315,3 +315,16 @@ class VAR(AttentionEdit):
         budget = self.p * (probs * sink).sum(-1, keepdim=True)
         edited = torch.where(sink, probs * (1 - self.p), probs) + budget * recv / recv_mass.clamp_min(1e-30)
         return torch.where(select & (recv_mass > 0), edited, probs)
+
+
+def image_centric_heads(shares: Any, rho: float = 0.5, summ: float = 0.2, source: str = "last_prompt") -> dict[int, list[int]]:
+    """Image-centric heads from a store, for `VAR(image_heads=...)`: layer -> heads whose mean attention on visual
+    tokens is at least `summ` and whose sink tokens hold at most `rho` of it (Kang et al.'s HeadFork rule, applied
+    to the mean over examples instead of per query). `shares`: `probe.analysis.sink_shares(store)` (sink_share,
+    visual_share over example × layer × head × source)."""
+    sel = shares.sel(source=source)
+    vis = sel["visual_share"].mean("example", skipna=True)
+    sink = sel["sink_share"].mean("example", skipna=True)
+    chosen = (sink <= rho * vis) & (vis >= summ)
+    return {int(layer): [int(h) for h in chosen["head"].values[chosen.sel(layer=layer).values]]
+            for layer in chosen["layer"].values}

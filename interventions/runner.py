@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -173,21 +174,24 @@ def run_grid(
     """
     config = grid if isinstance(grid, GridConfig) else GridConfig.from_yaml(grid)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
         if before != config.to_json():
             raise ValueError(f"{out}: holds a run of another grid ({saved}); choose a new --out or the same grid")
-    else:
-        saved.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
     examples = _examples(config)
+    out.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        saved.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
     conditions = config.conditions()
     store = out / RESULTS
-    if not (store / "zarr.json").exists():
+    if not store.exists():  # written aside, then renamed: a kill while creating it leaves no half-made store
         chunks = {"chunks": (1, config.chunk_examples)}  # one zarr chunk per (condition, example chunk) written
+        tmp = out / (RESULTS + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         _template(examples, conditions, config).to_zarr(
-            store, mode="w", consolidated=False, encoding={v: chunks for v in (*VARIABLES, "done")})
+            tmp, mode="w", consolidated=False, encoding={v: chunks for v in (*VARIABLES, "done")})
+        tmp.rename(store)
     done = xr.open_zarr(store, consolidated=False)["done"].values.copy()
     model, donor = adapters if adapters is not None else _load(config)
     partners = mismatch_partners(examples, 0)
@@ -220,7 +224,13 @@ def _examples(config: GridConfig) -> list[Example]:
         examples = examples[: config.max_examples]
     if not examples:
         raise ValueError(f"{config.manifest}: no examples with answers (after the grid's filters)")
-    return [replace(e, image=open_image(e)) for e in examples]
+    opened = []
+    for e in examples:
+        try:
+            opened.append(replace(e, image=open_image(e)))
+        except OSError as err:  # missing or corrupt image: one line naming the example, before anything is written
+            raise ValueError(f"{config.manifest}: example {e.id!r}: cannot open image {e.image}: {err}") from None
+    return opened
 
 
 def _load(config: GridConfig) -> tuple[ModelAdapter, ModelAdapter | None]:

@@ -200,3 +200,20 @@ def test_bad_layers_and_heads_raise(pair):
         Knockout(pair[0], heads=(9,))
     with pytest.raises(ValueError, match="query source"):
         Knockout(pair[0], queries=("visual",))
+
+
+def test_image_centric_heads_rule():
+    import numpy as np
+    import xarray as xr
+
+    from interventions.attention import image_centric_heads
+
+    # layer 0: head 0 visual 0.5 with sinks 0.1 (kept), head 1 visual 0.5 with sinks 0.4 (sink-dominated);
+    # layer 1: head 0 visual 0.1 (too little), head 1 visual 0.3, sinks 0.15 (exactly rho: kept)
+    vis = np.array([[0.5, 0.5], [0.1, 0.3]])
+    sink = np.array([[0.1, 0.4], [0.0, 0.15]])
+    dims = ("example", "layer", "head", "source")
+    shares = xr.Dataset({"visual_share": (dims, vis[None, :, :, None].repeat(2, 0)),
+                         "sink_share": (dims, sink[None, :, :, None].repeat(2, 0))},
+                        coords={"layer": [0, 1], "head": [0, 1], "source": ["last_prompt"]})
+    assert image_centric_heads(shares) == {0: [0], 1: [1]}

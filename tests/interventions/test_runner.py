@@ -24,6 +24,7 @@ def _grid(manifest, **kw):
                     {"name": "swap", "params": {"components": [["all"], ["projector"]]}},
                     {"name": "contrastive", "params": {"alpha": [0.0], "beta": [0.2]}},
                     {"name": "image", "params": {"kind": ["blank"]}},
+                    {"name": "visual_tokens", "params": {"mode": ["mean"], "seed": [0]}},
                 ])
     base.update(kw)
     return GridConfig(**base)
@@ -34,7 +35,7 @@ def test_grid_known_answers(pair, colour_manifest, tmp_path):
     config = _grid(colour_manifest)
     ds = run_grid(config, tmp_path / "run", adapters=(recipient, donor), progress=False)
     labels = list(ds["condition"].values)
-    assert labels[0] == "none" and len(labels) == 1 + 2 + 2 + 2 + 2  # contrastive and image take seeds
+    assert labels[0] == "none" and len(labels) == 1 + 2 + 2 + 2 + 2 + 1  # contrastive and image take seeds
     assert bool(ds["done"].all())
     none = ds.sel(condition="none")
     # a no-op boost equals no intervention, bit for bit
@@ -99,6 +100,11 @@ def test_bad_grids_say_what(colour_manifest, tmp_path, pair):
     with pytest.raises(ValueError, match="another grid"):
         run_grid(GridConfig(model="unused", manifest=str(colour_manifest), seeds=(3,)), tmp_path / "r",
                  adapters=(pair[0], None), progress=False)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "b1", "image": "missing.png", "prompt": "p", "answer": "red"}) + "\n")
+    with pytest.raises(ValueError, match="'b1'.*missing.png"):
+        run_grid(GridConfig(model="unused", manifest=str(broken)), tmp_path / "b", adapters=(pair[0], None), progress=False)
+    assert not (tmp_path / "b").exists()
     bad = tmp_path / "g.yaml"
     bad.write_text("model: m\nmanifest: x\nintervention: []\n")
     with pytest.raises(ValueError, match="unknown grid field 'intervention'"):
