@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from probe.data.example import Example
+from probe.models.layout import VISUAL_SITES, VisualLayout
 from probe.segments import Segment
 
 
@@ -22,18 +23,26 @@ class ModelInputs:
     segments: [batch, seq] int64 `Segment` codes, aligned with input_ids (PAD where attention_mask is 0)
     labels: [batch, seq] int64, -100 everywhere but ANSWER positions (None when no answer was given)
     example_ids: the `Example.id` of each row
+    image_sizes: each row's original image (height, width), before the processor resized it
     """
 
     inputs: dict[str, Any]
     segments: torch.Tensor
     labels: torch.Tensor | None
     example_ids: list[str] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> "ModelInputs":
         """Move every tensor to `device`."""
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
         labels = self.labels.to(device) if self.labels is not None else None
-        return ModelInputs(moved, self.segments.to(device), labels, list(self.example_ids))
+        return ModelInputs(moved, self.segments.to(device), labels, list(self.example_ids), list(self.image_sizes))
+
+    def image_size(self, row: int) -> tuple[int, int]:
+        """Row `row`'s original image (height, width); ValueError when the batch was built without sizes."""
+        if row >= len(self.image_sizes):
+            raise ValueError(f"ModelInputs row {row}: no image size recorded (build the batch with ModelAdapter.build_inputs)")
+        return self.image_sizes[row]
 
 
 def standard_components(vision: str, projector: str, language_model: str, **extras: str) -> dict[str, str]:
@@ -227,10 +236,68 @@ class ModelAdapter(ABC):
         """Sequence indices of row `row`'s visual tokens, in projector-output order: [n_visual] long."""
         return (segments[row] == int(Segment.VISUAL)).nonzero().flatten()
 
+    # --- visual rows and layout --------------------------------------------------------
+    def site_tensor(self, site: str, value: Any) -> torch.Tensor:
+        """The main tensor of a site's module input or output (a tensor, tuple, ModelOutput or (args, kwargs))."""
+        return main_tensor(value)
+
+    def visual_tiles(self, batch: ModelInputs) -> list[int]:
+        """Tiles per example: the images the vision tower sees one by one (1 for single-view families)."""
+        return [1] * len(batch.segments)
+
+    def rows_per_tile(self) -> dict[str, int]:
+        """Rows each tile contributes to each visual site (`VISUAL_SITES`), e.g. patches + CLS at `vision.out`."""
+        raise NotImplementedError(f"adapter {self.name!r} does not say how many rows a tile has")
+
+    def visual_row_counts(self, batch: ModelInputs) -> dict[str, list[int]]:
+        """Rows per example at each visual site, from the inputs alone (no forward pass)."""
+        per_tile = self.rows_per_tile()
+        return {site: [t * per_tile[site] for t in self.visual_tiles(batch)] for site in VISUAL_SITES}
+
+    def visual_rows(self, site: str, tensor: torch.Tensor, batch: ModelInputs) -> list[torch.Tensor]:
+        """Per example, the site's rows `[rows, d]` in the order the decoder sees the visual tokens.
+
+        `projector.out` gives exactly one row per VISUAL position, in sequence order. Sites before the
+        family's last rearrangement (anyres unpadding) give every row the module emits, tile by tile in
+        `VisualLayout.tile` order (a CLS row first in each tile where the tower has one).
+        """
+        counts = self.visual_row_counts(batch)[site]
+        flat = self._ordered_rows(site, tensor.reshape(-1, tensor.shape[-1]), batch)
+        if flat.shape[0] != sum(counts):
+            raise ValueError(f"adapter {self.name!r}: site {site!r} has {flat.shape[0]} rows, the inputs need {sum(counts)}")
+        return list(flat.split(counts))
+
+    def _ordered_rows(self, site: str, flat: torch.Tensor, batch: ModelInputs) -> torch.Tensor:
+        """A site's rows `[rows, d]` of the whole batch put in decoder order (already so for most families)."""
+        return flat
+
+    def visual_layout(self, batch: ModelInputs) -> list[VisualLayout]:
+        """Per example, the tile, token-grid place and original-image box of every VISUAL position."""
+        raise NotImplementedError(f"adapter {self.name!r} has no visual layout")
+
     @classmethod
     def matches(cls, config: Any) -> bool:
         """Whether this adapter serves a model with this config."""
         return getattr(config, "model_type", None) in cls.model_types
+
+
+def main_tensor(value: Any) -> torch.Tensor:
+    """The main tensor of a module output or input (tuples, ModelOutputs, args/kwargs pairs)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if getattr(value, "last_hidden_state", None) is not None:
+        return value.last_hidden_state
+    if getattr(value, "pooler_output", None) is not None:  # Qwen-VL visual towers
+        return value.pooler_output
+    if isinstance(value, dict):
+        value = [value["hidden_states"]] if "hidden_states" in value else list(value.values())
+    if isinstance(value, (tuple, list)):  # the first item holding a tensor: (args, kwargs) may have no args
+        for item in value:
+            try:
+                return main_tensor(item)
+            except TypeError:
+                continue
+    raise TypeError(f"cannot find a tensor in {type(value).__name__}")
 
 
 class BadExampleError(ValueError):

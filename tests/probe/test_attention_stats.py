@@ -220,12 +220,12 @@ def _square_allocs(shapes: list[tuple[int, ...]], seq: int) -> list[tuple[int, .
 
 @pytest.mark.parametrize(("kw", "shares"), [(dict(blockwise_above=8, block_size=5), True), ({}, False)])
 def test_no_seq_by_seq_tensor(tiny_factory, batch_factory, monkeypatch, kw, shares):
-    """Blockwise mode (and rows-only mode) never allocates a [seq, seq] tensor; the spy itself is checked on a full map."""
+    """The recorder's own work (widening, shares, blockwise rows) never allocates a [seq, seq] tensor; the spy is checked on a full map."""
     tiny = tiny_factory("llava")
     inputs, segments, qpos = batch_factory(tiny, "left")
     seq = segments.shape[1]
     spy = _AllocSpy()
-    for name in ("attention_shares", "attention_rows"):
+    for name in ("widen_for_mass", "shares_from_mass", "attention_shares", "attention_rows"):
         orig = getattr(_attn_math, name)
 
         def spied(*a, _orig=orig, **k):

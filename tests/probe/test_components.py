@@ -43,15 +43,9 @@ def _frozen_by_hand(family: str, name: str, choice: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_models):
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = adapter_for(*tiny_models[family])
-        return cache[family]
-
-    return get
+def adapters(tiny_adapter):
+    """family -> its adapter over the session's tiny model."""
+    return tiny_adapter
 
 
 @pytest.mark.parametrize("family", FAMILIES)
