@@ -7,7 +7,7 @@ The experiment runner sweeps a grid of them over a manifest (`run_grid`, CLI `in
 """
 
 from interventions.ablation import VisualTokenAblation, ablate_examples, diffusion_noise, visual_token_mean
-from interventions.attention import VAR, AttentionEdit, Boost, Knockout, Temperature, image_centric_heads
+from interventions.attention import VAR, AdaptVis, AttentionEdit, Boost, Knockout, Temperature, image_centric_heads
 from interventions.base import (
     Composed,
     Intervention,
@@ -24,7 +24,7 @@ from interventions.score import rank_answers, score_answers
 from interventions.swap import ComponentSwap
 
 __all__ = [
-    "VAR", "ActivationPatch", "AttentionEdit", "Boost", "ComponentSwap", "Composed", "ContrastiveDecoding", "GridConfig",
+    "VAR", "ActivationPatch", "AdaptVis", "AttentionEdit", "Boost", "ComponentSwap", "Composed", "ContrastiveDecoding", "GridConfig",
     "Intervention", "Knockout", "Temperature", "VisualTokenAblation", "ablate_examples", "available_interventions",
     "compose", "contrast_scores", "contrastive_generate", "diffusion_noise", "image_centric_heads", "intervention_class",
     "make_intervention", "patch_sweep", "rank_answers", "record_activations", "register_intervention", "run_grid",

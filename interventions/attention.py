@@ -33,7 +33,7 @@ from interventions._roles import padded_positions, query_mask
 from interventions.base import Intervention, register_intervention
 from probe.capture.attention_hook import AttentionCall, attach
 from probe.models.base import ModelAdapter, ModelInputs
-from probe.segments import Segment
+from probe.segments import Segment, last_prompt_index
 
 
 def _layers(adapter: ModelAdapter, layers: Sequence[int] | int | None, default_start: int = 0) -> tuple[int, ...]:
@@ -328,3 +328,60 @@ def image_centric_heads(shares: Any, rho: float = 0.5, summ: float = 0.2, source
     chosen = (sink <= rho * vis) & (vis >= summ)
     return {int(layer): [int(h) for h in chosen["head"].values[chosen.sel(layer=layer).values]]
             for layer in chosen["layer"].values}
+
+
+@register_intervention
+class AdaptVis(Temperature):
+    """AdaptVis (Chen et al. 2025, shiqichen17/AdaptVis): the visual-key logit scale chosen per example by the
+    model's confidence — a plain forward first; where the top next-token probability at the last prompt
+    position is below `threshold` the image logits are scaled by `weight1` (< 1, spread attention), otherwise by
+    `weight2` (> 1, sharpen). Their options: weight1 0.5 / 0.8, weight2 1.2 / 1.5 / 2.0, threshold 0.3.
+    While installed the model's forward runs twice (the plain pass, then the edited one)."""
+
+    name = "adaptvis"
+
+    def __init__(self, adapter: ModelAdapter, weight1: float = 0.5, weight2: float = 1.2, threshold: float = 0.3,
+                 **kw: Any) -> None:
+        if not (weight1 > 0 and weight2 > 0 and 0 <= threshold <= 1):
+            raise ValueError(f"AdaptVis needs weights > 0 and threshold in [0, 1], got {weight1}, {weight2}, {threshold}")
+        super().__init__(adapter, scale=1.0, **kw)
+        self.weight1, self.weight2, self.threshold = float(weight1), float(weight2), float(threshold)
+        self._row_scale: torch.Tensor | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return (self.weight1 == 1.0 and self.weight2 == 1.0) or not self.layers
+
+    def edit(self, logits, visual, layer, rows):
+        scale = self._row_scale.to(logits.device)[:, None, None, None]
+        return torch.softmax(torch.where(visual & logits.isfinite(), logits * scale, logits), dim=-1)
+
+    def _install(self) -> Callable[[], None]:
+        detach = super()._install()
+        model = self.adapter.model
+        forward = model.forward
+        had_own = "forward" in vars(model)
+
+        def gated_forward(*args: Any, **kwargs: Any) -> Any:
+            if self._segments is None:
+                raise RuntimeError("AdaptVis: call set_batch(batch) before the forward pass")
+            self.paused = True
+            try:
+                plain = forward(*args, **kwargs).logits
+            finally:
+                self.paused = False
+            last = last_prompt_index(self._segments.to(plain.device))
+            conf = torch.softmax(plain[torch.arange(plain.shape[0], device=plain.device), last].float(), -1).amax(-1)
+            self._row_scale = torch.where(conf < self.threshold, self.weight1, self.weight2)
+            return forward(*args, **kwargs)
+
+        model.forward = gated_forward
+
+        def undo() -> None:
+            if had_own:
+                model.forward = forward
+            else:
+                del model.forward
+            detach()
+
+        return undo

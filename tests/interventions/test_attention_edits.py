@@ -217,3 +217,25 @@ def test_image_centric_heads_rule():
                          "sink_share": (dims, sink[None, :, :, None].repeat(2, 0))},
                         coords={"layer": [0, 1], "head": [0, 1], "source": ["last_prompt"]})
     assert image_centric_heads(shares) == {0: [0], 1: [1]}
+
+
+def test_adaptvis_picks_the_scale_by_confidence(pair, batch, logits):
+    """Threshold 0 -> every example is confident -> weight2 everywhere = Temperature(weight2); threshold 1 -> weight1."""
+    from interventions import AdaptVis
+
+    adapter = pair[0]
+    for threshold, weight in ((0.0, 1.7), (1.0, 0.6)):
+        ref = Temperature(adapter, scale=weight, layers=(1, 2))
+        ref.set_batch(batch)
+        with ref:
+            expected = logits(adapter, batch)
+        gate = AdaptVis(adapter, weight1=0.6, weight2=1.7, threshold=threshold, layers=(1, 2))
+        gate.set_batch(batch)
+        with gate:
+            got = logits(adapter, batch)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    base = logits(adapter, batch)
+    noop = AdaptVis(adapter, weight1=1.0, weight2=1.0)
+    noop.set_batch(batch)
+    with noop:
+        assert torch.equal(logits(adapter, batch), base)
