@@ -1,9 +1,21 @@
-"""Capture overhead: bare SDPA forward vs our capture vs eager output_attentions + reduce.
+"""Capture overhead: bare SDPA forward vs our capture vs what users do instead, side by side.
 
-Prints time and peak-memory ratios measured in one run, on a LLaVA-architecture model of
-realistic shape with random weights (8 decoder layers, d=512, 576 visual tokens + text).
-Each (method, T) runs in a fresh subprocess so peak memory is that method's own
-(CPU: ru_maxrss above the post-load baseline; CUDA: max_memory_allocated above the weights).
+Each method gets the same quantities (per-segment attention shares of the last prompt token and
+of the text queries, the last prompt token's attention row, segment-pooled residuals, every
+decoder layer) on a LLaVA-architecture model of realistic shape with random weights (8 decoder
+layers, d=512, 576 visual tokens + text):
+
+  bare     the model's SDPA forward, nothing recorded
+  capture  visblind's Capture (shares from the model's own SDPA call, nnsight taps)
+  eager    output_attentions=True + output_hidden_states under eager attention, reduced after
+  nnsight  nnsight trace under eager saving every decoder layer's attention weights and output, reduced after
+  tl       TransformerLens TransformerBridge.run_with_cache (it forces eager), names filtered to
+           the decoder's hook_pattern and hook_resid_post, reduced after (skipped if not installed)
+
+Prints time and peak-memory ratios to `bare` measured in one run. Each (method, T) runs in a
+fresh subprocess so peak memory is that method's own (CPU: ru_maxrss above the post-load
+baseline; CUDA: max_memory_allocated above the weights). Then, unless --no-bf16, the largest
+error of capture's shares in bfloat16 against the float32 softmax of the same bf16 q/k.
 
     python benchmarks/capture_overhead.py [--lengths 640 1280 2560] [--repeats 3] [--device cpu] [--threads N]
 """
@@ -11,13 +23,17 @@ Each (method, T) runs in a fresh subprocess so peak memory is that method's own
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 N_VISUAL = 576
+METHODS = ("bare", "capture", "eager", "nnsight", "tl")
 
 
 def build(device: str, dtype: str):
@@ -56,7 +72,6 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
     import torch
 
     from probe.capture import Capture, CaptureSpec
-    from probe.capture.reduce import pool_segments, query_positions
     from probe.models.base import ModelInputs
     from probe.models.llava import LlavaAdapter
     from probe.segments import Segment
@@ -65,9 +80,18 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
     feed = inputs(model, seq_len, batch, device)
     segments = torch.where(feed["input_ids"] == model.config.image_token_id, int(Segment.VISUAL), int(Segment.TEXT))
     adapter = LlavaAdapter(model, None)
+    layers = adapter.attention_modules
     spec = CaptureSpec(attn_share=True, attn_pattern=True, max_answer_tokens=0, resid=("pooled",), projector=False)
     cap = Capture(adapter, spec) if method == "capture" else None
     batch_inputs = ModelInputs(feed, segments, None, [str(i) for i in range(batch)])
+    if method in ("eager", "nnsight"):
+        model.set_attn_implementation("eager")
+    if method == "nnsight":
+        from nnsight import NNsight
+
+        envoy = NNsight(model)
+    if method == "tl":
+        bridge = _boot_bridge(model)
 
     def once():
         with torch.inference_mode():
@@ -75,16 +99,21 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
                 model(**feed)
             elif method == "capture":
                 cap.collect(batch_inputs, _traced(cap, batch_inputs))
-            else:  # what people do today
+            elif method == "eager":
                 out = model(**feed, output_attentions=True, output_hidden_states=True)
-                onehot = torch.nn.functional.one_hot(segments, len(Segment)).float()
-                shares = [a.float() @ onehot.unsqueeze(1) for a in out.attentions]
-                last = [a[:, :, query_positions(segments, 0)[0, 0]].float() for a in out.attentions]
-                pooled = [pool_segments(h, segments) for h in out.hidden_states[1:]]
-                return shares, last, pooled
+                return _reduce(out.attentions, out.hidden_states[1:], segments)
+            elif method == "nnsight":
+                with envoy.trace(**feed):
+                    saved = _nnsight_save(envoy, len(layers))
+                attn, resid = saved
+                return _reduce(attn, [r[0] if isinstance(r, tuple) else r for r in resid], segments)
+            else:
+                names = [f"blocks.{i}.{h}" for i in range(len(layers)) for h in ("attn.hook_pattern", "hook_resid_post")]
+                _, cache = bridge.run_with_cache(feed["input_ids"], pixel_values=feed["pixel_values"],
+                                                 attention_mask=feed["attention_mask"], names_filter=names)
+                return _reduce([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(len(layers))],
+                               [cache[f"blocks.{i}.hook_resid_post"] for i in range(len(layers))], segments)
 
-    if method == "eager":
-        model.set_attn_implementation("eager")
     # the first call sets the peak (ru_maxrss is a high-water mark), later calls are timed
     if device == "cuda":
         torch.cuda.synchronize()
@@ -106,6 +135,74 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
     return {"method": method, "T": seq_len, "seconds": min(times), "peak_mib": peak}
 
 
+def _nnsight_save(envoy, n_layers: int):
+    """Inside a trace: save every decoder layer's attention weights and output, in execution order."""
+    import nnsight
+
+    decoder = envoy.model.language_model.layers
+    attn, resid = [], []
+    for i in range(n_layers):
+        attn.append(decoder[i].self_attn.output[1])
+        resid.append(decoder[i].output)
+    return nnsight.save((attn, resid))
+
+
+def _reduce(attentions, hidden, segments):
+    """What a user computes from full attention maps: shares per segment, last-token rows, pooled residuals."""
+    import torch
+
+    from probe.capture.reduce import pool_segments, query_positions
+    from probe.segments import Segment
+
+    onehot = torch.nn.functional.one_hot(segments, len(Segment)).float()
+    shares = [a.float() @ onehot.unsqueeze(1) for a in attentions]
+    last = [a[:, :, query_positions(segments, 0)[0, 0]].float() for a in attentions]
+    pooled = [pool_segments(h, segments) for h in hidden]
+    return shares, last, pooled
+
+
+def _boot_bridge(model):
+    """TransformerLens 4.x bridge over the in-memory model (offline: a local byte tokenizer)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
+
+    from probe.models.tiny import build_byte_tokenizer
+
+    folder = tempfile.mkdtemp()
+    build_byte_tokenizer().save_pretrained(folder)
+    model.config.architectures = [type(model).__name__]
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+    return bridge.eval()
+
+
+def bf16_error(seq_len: int, device: str) -> dict:
+    """Largest |share| error of capture in bfloat16 vs the float32 softmax of the same bf16 q/k (second pass)."""
+    import torch
+
+    from probe.capture import _attn_math
+    from probe.capture._attn_math import MaskSource
+    from probe.capture.attention import AttentionRecorder
+    from probe.models.llava import LlavaAdapter
+    from probe.segments import Segment
+
+    model = build(device, "bfloat16")
+    feed = inputs(model, seq_len, 1, device)
+    segments = torch.where(feed["input_ids"] == model.config.image_token_id, int(Segment.VISUAL), int(Segment.TEXT))
+    modules = LlavaAdapter(model, None).attention_modules
+    rec = AttentionRecorder(modules, list(range(len(modules))), rows=False, keys=True, queries=True)
+    rec.set_batch(segments)
+    with rec, torch.inference_mode():
+        model(**feed)
+    errs = []
+    for i, res in rec.results.items():
+        mask = MaskSource(None, segments.to(device) != Segment.PAD, True, None)
+        ref = _attn_math.attention_shares(res.queries, res.keys, segments.to(device), scaling=modules[i].scaling,
+                                          mask=mask, block=256)
+        errs.append(float((res.share - ref).abs().nan_to_num().max()))
+    return {"T": seq_len, "max_abs": max(errs), "per_layer": errs}
+
+
 def _traced(cap, batch):
     with cap.recording(batch):
         with cap.envoy.trace(**batch.inputs):
@@ -121,6 +218,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 error measurement")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -128,34 +227,43 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(run_one(args.worker[0], int(args.worker[1]), args.batch, args.repeats, args.device, args.dtype)))
+        method, seq_len = args.worker[0], int(args.worker[1])
+        if method == "bf16":
+            print(json.dumps(bf16_error(seq_len, args.device)))
+        else:
+            print(json.dumps(run_one(method, seq_len, args.batch, args.repeats, args.device, args.dtype)))
         return
-    rows = {}
-    for seq_len in args.lengths:
-        for method in ("bare", "capture", "eager"):
-            cmd = [sys.executable, __file__, "--worker", method, str(seq_len), "--batch", str(args.batch),
-                   "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
-                   "--threads", str(args.threads)]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if res.returncode:
-                sys.exit(f"{method} at T={seq_len} failed:\n{res.stderr[-2000:]}")
-            rows[(method, seq_len)] = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
+    methods = [m for m in args.methods if m != "tl" or importlib.util.find_spec("transformer_lens")]
+    if "tl" in args.methods and "tl" not in methods:
+        print("transformer-lens is not installed: tl skipped (pip install transformer-lens)", file=sys.stderr)
+    if "bare" not in methods:
+        methods.insert(0, "bare")
+
+    def worker(method: str, seq_len: int) -> dict:
+        cmd = [sys.executable, __file__, "--worker", method, str(seq_len), "--batch", str(args.batch),
+               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+               "--threads", str(args.threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode:
+            sys.exit(f"{method} at T={seq_len} failed:\n{res.stderr[-2000:]}")
+        print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    rows = {(m, t): worker(m, t) for t in args.lengths for m in methods}
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} threads={args.threads or 'default'} "
           f"layers=8 d=512 visual={N_VISUAL}")
-    print(f"{'T':>6} {'bare s':>8} {'capture s':>10} {'eager s':>8} {'(b)/(a) time':>13} {'(c)/(a) time':>13} "
-          f"{'bare MiB':>9} {'capture MiB':>12} {'eager MiB':>10} {'(b)/(a) mem':>12} {'(c)/(a) mem':>12}")
-    for seq_len in args.lengths:
-        a, b, c = (rows[(m, seq_len)] for m in ("bare", "capture", "eager"))
-        print(f"{seq_len:>6} {a['seconds']:>8.3f} {b['seconds']:>10.3f} {c['seconds']:>8.3f} "
-              f"{b['seconds'] / a['seconds']:>13.2f} {c['seconds'] / a['seconds']:>13.2f} "
-              f"{a['peak_mib']:>9.0f} {b['peak_mib']:>12.0f} {c['peak_mib']:>10.0f} "
-              f"{b['peak_mib'] / max(a['peak_mib'], 1):>12.2f} {c['peak_mib'] / max(a['peak_mib'], 1):>12.2f}")
-    first, last = args.lengths[0], args.lengths[-1]
-    for m in ("capture", "eager"):
-        g_t = rows[(m, last)]["seconds"] / rows[(m, first)]["seconds"]
-        g_m = rows[(m, last)]["peak_mib"] / max(rows[(m, first)]["peak_mib"], 1e-9)
-        print(f"{m}: T {first}->{last}: time x{g_t:.2f}, peak memory x{g_m:.2f}")
+    others = [m for m in methods if m != "bare"]
+    print(f"{'T':>6} {'bare s':>8} {'bare MiB':>9}  " + "  ".join(f"{m + ' time':>13} {m + ' mem':>12}" for m in others))
+    for t in args.lengths:
+        a = rows[("bare", t)]
+        cells = [f"{rows[(m, t)]['seconds'] / a['seconds']:>12.2f}x {rows[(m, t)]['peak_mib'] / max(a['peak_mib'], 1):>11.2f}x"
+                 for m in others]
+        print(f"{t:>6} {a['seconds']:>8.3f} {a['peak_mib']:>9.0f}  " + "  ".join(cells))
+    print("absolute: " + "; ".join(f"{m} T={t}: {r['seconds']:.3f} s, {r['peak_mib']:.0f} MiB" for (m, t), r in rows.items()))
+    if not args.no_bf16:
+        err = worker("bf16", args.lengths[0])
+        print(f"bfloat16 capture shares vs float32 softmax of the same bf16 q/k, T={err['T']}: "
+              f"max abs error {err['max_abs']:.1e} (per layer {', '.join(f'{e:.1e}' for e in err['per_layer'])})")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ class ModelAdapter(ABC):
         The vision tower and projector see a batch's images flat; rows are split per example in
         proportion to these counts. Visual tokens by default (k rows per token, e.g. 4 before a 2x2
         merger); families whose projector rows do not follow the token count (anyres tiling) override it.
+        Superseded by `visual_row_counts` / `visual_rows`; kept until capture uses those.
         """
         return self.n_visual_tokens(batch.segments).tolist()
 

@@ -24,6 +24,9 @@ class VisualLayout:
     box [n, 4] float32: x0, y0, x1, y1 of the token's region in original-image pixels (clipped to the image);
     tile_box [n, 4] float32: the region of its tile in original-image pixels (clipped);
     image_size: the original image's (height, width).
+
+    A token blended from several patches across tiles (LLaVA-OneVision's shrunk grid) is placed at the patch
+    under its box centre; its box may then overhang that tile.
     """
 
     tile: np.ndarray
