@@ -146,6 +146,30 @@ def test_var_matches_eager_reference(pair, batch, logits):
     assert not torch.allclose(got, logits(adapter, batch), atol=1e-5)
 
 
+def test_var_detection_finds_a_planted_sink(examples, logits):
+    """A massive value planted in dim 5 of one text token's embedding makes that token the only one over tau at
+    layer 0's input: on-the-fly detection must then equal VAR given that sink mask."""
+    from probe.models import adapter_for
+    from probe.models.tiny import tiny_llava
+
+    adapter = adapter_for(*tiny_llava(seed=2, text_layers=2, text_dim=64, vision_dim=32))
+    batch = adapter.build_inputs(examples, padding_side="right")
+    sink_tok = int(batch.inputs["input_ids"][0][batch.segments[0] == Segment.TEXT][0])  # a text token of row 0
+    with torch.no_grad():
+        adapter.input_embeddings.weight[sink_tok, 5] = 50.0
+    given = VAR(adapter, p=0.6, summ=0.0, layers=(0,))
+    given.set_sinks(batch.inputs["input_ids"] == sink_tok)
+    detected = VAR(adapter, p=0.6, summ=0.0, layers=(0,), sink_dims=(5,), tau=6.0)
+    out = []
+    for edit in (given, detected):
+        with edit:
+            edit.set_batch(batch)
+            out.append(logits(adapter, batch))
+    assert torch.equal(detected._detected[0], batch.inputs["input_ids"] == sink_tok)
+    torch.testing.assert_close(out[1], out[0], atol=0, rtol=0)
+    assert not torch.allclose(out[0], logits(adapter, batch), atol=1e-5)
+
+
 def test_var_detects_sinks_on_the_fly(pair, batch, logits):
     """With sink dims and a tiny tau every token is a sink: nothing is left to receive, so nothing changes
     beyond float noise; with tau above every |h/rms| nothing is a sink: the output is SDPA's own rows."""
