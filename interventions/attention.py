@@ -352,6 +352,10 @@ class AdaptVis(Temperature):
     def is_noop(self) -> bool:
         return (self.weight1 == 1.0 and self.weight2 == 1.0) or not self.layers
 
+    @property
+    def forward_passes(self) -> int:
+        return 2
+
     def edit(self, logits, visual, layer, rows):
         scale = self._row_scale.to(logits.device)[:, None, None, None]
         return torch.softmax(torch.where(visual & logits.isfinite(), logits * scale, logits), dim=-1)

@@ -38,6 +38,11 @@ class Intervention:
         """Whether this setting changes nothing (then nothing is installed)."""
         return False
 
+    @property
+    def forward_passes(self) -> int:
+        """Model forwards per call while installed (2 for edits that run a plain or contrast pass first)."""
+        return 1
+
     def set_batch(self, batch: ModelInputs) -> None:
         """Tell the intervention the token roles of the next forward pass (default: not needed)."""
 

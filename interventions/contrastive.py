@@ -91,6 +91,10 @@ class ContrastiveDecoding(Intervention):
     def is_noop(self) -> bool:
         return self.alpha == 0 and self.beta == 0
 
+    @property
+    def forward_passes(self) -> int:
+        return 2 if self.alpha > 0 else 1
+
     def _other(self, forward: Callable, kwargs: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
         for iv in self.plain_contrast:
             iv.paused = True

@@ -8,6 +8,7 @@ grid.yaml:
     donor: runs/organism/base            # optional: a second checkpoint, for swaps
     manifest: runs/organism/data/eval_image.jsonl
     seeds: [0, 1, 2]                     # given to interventions that take a seed (noise, contrastive, ...)
+    attention: true                      # optional: the last prompt token's visual attention share per layer
     interventions:
       - {name: boost, params: {alpha: [0.2, 0.5], layers: [2, 0]}}
       - {name: knockout, params: {layers: [[0, 1, 2, 3]]}}
@@ -18,7 +19,8 @@ grid.yaml:
 Each parameter lists its values; conditions are their product (times the seeds where the intervention takes
 one), plus the unedited baseline `none`. Per example and condition the dataset holds the correct answer's
 log-probability, whether the top-ranked candidate is correct, whether shown another example's image the model
-follows that image's answer, and visual dependence (both). Results are written chunk by chunk; a killed run
+follows that image's answer, and visual dependence (both); with `attention`, also the visual share of the last
+prompt token's attention per layer under the edit (NaN for two-pass edits). Results are written chunk by chunk; a killed run
 started again with the same grid continues where it stopped (each chunk is written, then marked done, so no
 example is lost or counted twice). The frozen config is saved beside the results (`grid.json`).
 """
@@ -106,6 +108,7 @@ class GridConfig:
     device: str = "cpu"
     langs: tuple[str, ...] | None = None
     max_examples: int | None = None
+    attention: bool = False  # also record the last prompt token's visual attention share per layer (head mean)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interventions", tuple(
@@ -184,16 +187,19 @@ def run_grid(
     if not saved.exists():
         saved.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
     conditions = config.conditions()
+    model, donor = adapters if adapters is not None else _load(config)
     store = out / RESULTS
     if not store.exists():  # written aside, then renamed: a kill while creating it leaves no half-made store
         chunks = {"chunks": (1, config.chunk_examples)}  # one zarr chunk per (condition, example chunk) written
         tmp = out / (RESULTS + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        _template(examples, conditions, config).to_zarr(
-            tmp, mode="w", consolidated=False, encoding={v: chunks for v in (*VARIABLES, "done")})
+        template = _template(examples, conditions, config, model.num_layers)
+        encoding = {v: chunks for v in (*VARIABLES, "done")}
+        if config.attention:
+            encoding["visual_attention"] = {"chunks": (1, config.chunk_examples, model.num_layers)}
+        template.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
         tmp.rename(store)
     done = xr.open_zarr(store, consolidated=False)["done"].values.copy()
-    model, donor = adapters if adapters is not None else _load(config)
     partners = mismatch_partners(examples, 0)
     chunks = [slice(s, min(s + config.chunk_examples, len(examples))) for s in range(0, len(examples), config.chunk_examples)]
     todo = [(c, sl) for c in range(len(conditions)) for sl in chunks if not done[c, sl].all()]
@@ -203,7 +209,7 @@ def run_grid(
     for i, (c, sl) in enumerate(todo):
         label, name, params = conditions[c]
         values = _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
-        region = xr.Dataset({k: (("condition", "example"), v[None]) for k, v in values.items()})
+        region = xr.Dataset({k: (("condition", "example", "layer")[: v.ndim + 1], v[None]) for k, v in values.items()})
         region.to_zarr(store, region={"condition": slice(c, c + 1), "example": sl}, consolidated=False)
         marker = xr.Dataset({"done": (("condition", "example"), np.ones((1, sl.stop - sl.start), dtype=bool))})
         marker.to_zarr(store, region={"condition": slice(c, c + 1), "example": sl}, consolidated=False)
@@ -244,9 +250,11 @@ def _load(config: GridConfig) -> tuple[ModelAdapter, ModelAdapter | None]:
 VARIABLES = ("logprob", "correct", "follows_mismatched", "visually_dependent")
 
 
-def _template(examples: list[Example], conditions: list, config: GridConfig) -> xr.Dataset:
+def _template(examples: list[Example], conditions: list, config: GridConfig, n_layers: int) -> xr.Dataset:
     shape = (len(conditions), len(examples))
     data = {k: (("condition", "example"), np.full(shape, np.nan)) for k in VARIABLES}
+    if config.attention:
+        data["visual_attention"] = (("condition", "example", "layer"), np.full((*shape, n_layers), np.nan))
     data["done"] = (("condition", "example"), np.zeros(shape, dtype=bool))
     coords = {
         "condition": [c[0] for c in conditions],
@@ -258,6 +266,8 @@ def _template(examples: list[Example], conditions: list, config: GridConfig) -> 
         "example_image_dependent": ("example", [bool(e.image_dependent) for e in examples]),
         "example_group": ("example", [str(getattr(e, "group", None) or _image_key(e)) for e in examples]),
     }
+    if config.attention:
+        coords["layer"] = np.arange(n_layers)
     ds = xr.Dataset(data, coords=coords, attrs={"grid": json.dumps(config.to_json())})
     for name in ("condition", "intervention", "params", "example", "example_lang", "example_question_type", "example_group"):
         ds[name] = ds[name].astype(str).astype(object)
@@ -304,7 +314,40 @@ def _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         dependent = np.where(np.isnan(follows) | np.isnan(correct), np.nan, correct * follows)
-    return {"logprob": logprob, "correct": correct.astype(float), "follows_mismatched": follows, "visually_dependent": dependent}
+    out = {"logprob": logprob, "correct": correct.astype(float), "follows_mismatched": follows, "visually_dependent": dependent}
+    if config.attention:
+        out["visual_attention"] = _visual_attention(model, real, intervention, config.batch_size)
+    return out
+
+
+def _visual_attention(model: ModelAdapter, examples: list[Example], intervention: Intervention | None,
+                      batch_size: int) -> np.ndarray:
+    """[n, layer]: the last prompt token's attention share on visual tokens, mean over heads, under the intervention
+    (recorded inside the attention call, entered before the intervention so it sees the edited attention); NaN for
+    interventions that run two forwards per call (contrastive, AdaptVis)."""
+    import torch
+
+    from probe.capture.attention import AttentionRecorder
+    from probe.segments import Segment
+
+    out = np.full((len(examples), model.num_layers), np.nan)
+    if intervention is not None and intervention.forward_passes > 1:
+        return out
+    recorder = AttentionRecorder(model.attention_modules, range(model.num_layers), shares=True, rows=False)
+    device = next(model.model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        batch = model.build_inputs(examples[start : start + batch_size], padding_side="right").to(device)
+        recorder.set_batch(batch.segments)
+        with torch.no_grad(), recorder:
+            if intervention is not None:
+                intervention.set_batch(batch)
+                with intervention:
+                    model.model(**batch.inputs)
+            else:
+                model.model(**batch.inputs)
+        share = torch.stack([recorder.results[i].share[:, :, 0, int(Segment.VISUAL)] for i in range(model.num_layers)])
+        out[start : start + len(batch.segments)] = share.float().mean(-1).T.cpu().numpy()  # [layer, b, head] -> [b, layer]
+    return out
 
 
 def summarise(ds: xr.Dataset, *, by: str = "example_lang", n_boot: int = 1000, seed: int = 0) -> xr.Dataset:

@@ -25,6 +25,7 @@ def _grid(manifest, **kw):
                     {"name": "contrastive", "params": {"alpha": [0.0], "beta": [0.2]}},
                     {"name": "image", "params": {"kind": ["blank"]}},
                     {"name": "visual_tokens", "params": {"mode": ["mean"], "seed": [0]}},
+                    {"name": "knockout", "params": {"queries": [["last_prompt"]]}},
                 ])
     base.update(kw)
     return GridConfig(**base)
@@ -32,10 +33,15 @@ def _grid(manifest, **kw):
 
 def test_grid_known_answers(pair, colour_manifest, tmp_path):
     recipient, donor = pair
-    config = _grid(colour_manifest)
+    config = _grid(colour_manifest, attention=True)
     ds = run_grid(config, tmp_path / "run", adapters=(recipient, donor), progress=False)
     labels = list(ds["condition"].values)
-    assert labels[0] == "none" and len(labels) == 1 + 2 + 2 + 2 + 2 + 1  # contrastive and image take seeds
+    assert labels[0] == "none" and len(labels) == 1 + 2 + 2 + 2 + 2 + 1 + 1  # contrastive and image take seeds
+    # attention recorded under the edit: knocked-out queries put nothing on visual tokens; two-pass edits are NaN
+    att = ds["visual_attention"]
+    assert att.dims == ("condition", "example", "layer") and bool((att.sel(condition="none") > 0.01).all())
+    np.testing.assert_allclose(att.sel(condition='knockout(queries=["last_prompt"])'), 0.0, atol=1e-6)
+    assert bool(att.sel(condition='contrastive(alpha=0.0,beta=0.2,seed=0)').notnull().all())  # cut-off only: one pass
     assert bool(ds["done"].all())
     none = ds.sel(condition="none")
     # a no-op boost equals no intervention, bit for bit
