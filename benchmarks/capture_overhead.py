@@ -12,7 +12,7 @@ layers, d=512, 576 visual tokens + text):
   tl       TransformerLens TransformerBridge.run_with_cache (it forces eager), names filtered to
            the decoder's hook_pattern and hook_resid_post, reduced after (skipped if not installed)
 
-Prints time and peak-memory ratios to `bare` measured in one run. Each (method, T) runs in a
+Prints wall-time, CPU-time and peak-memory ratios to `bare` measured in one run. Each (method, T) runs in a
 fresh subprocess so peak memory is that method's own (CPU: ru_maxrss above the post-load
 baseline; CUDA: max_memory_allocated above the weights). Then, unless --no-bf16, the largest
 error of capture's shares in bfloat16 against the float32 softmax of the same bf16 q/k.
@@ -121,18 +121,19 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
         base_mem = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     once()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         once()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"method": method, "T": seq_len, "seconds": min(times), "peak_mib": peak}
+    return {"method": method, "T": seq_len, "seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mib": peak}
 
 
 def _nnsight_save(envoy, n_layers: int):
@@ -253,13 +254,16 @@ def main() -> None:
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} threads={args.threads or 'default'} "
           f"layers=8 d=512 visual={N_VISUAL}")
     others = [m for m in methods if m != "bare"]
-    print(f"{'T':>6} {'bare s':>8} {'bare MiB':>9}  " + "  ".join(f"{m + ' time':>13} {m + ' mem':>12}" for m in others))
+    # wall time is what a user waits; process CPU time is robust to other load on a shared machine
+    print("ratios to bare: wall time / CPU time / peak memory")
+    print(f"{'T':>6} {'bare s':>7} {'bare cpu s':>10} {'bare MiB':>8}  " + "  ".join(f"{m:>20}" for m in others))
     for t in args.lengths:
         a = rows[("bare", t)]
-        cells = [f"{rows[(m, t)]['seconds'] / a['seconds']:>12.2f}x {rows[(m, t)]['peak_mib'] / max(a['peak_mib'], 1):>11.2f}x"
-                 for m in others]
-        print(f"{t:>6} {a['seconds']:>8.3f} {a['peak_mib']:>9.0f}  " + "  ".join(cells))
-    print("absolute: " + "; ".join(f"{m} T={t}: {r['seconds']:.3f} s, {r['peak_mib']:.0f} MiB" for (m, t), r in rows.items()))
+        cells = [f"{r['seconds'] / a['seconds']:>6.2f} {r['cpu_seconds'] / a['cpu_seconds']:>6.2f} "
+                 f"{r['peak_mib'] / max(a['peak_mib'], 1):>6.2f}" for r in (rows[(m, t)] for m in others)]
+        print(f"{t:>6} {a['seconds']:>7.2f} {a['cpu_seconds']:>10.2f} {a['peak_mib']:>8.0f}  " + "  ".join(cells))
+    print("absolute: " + "; ".join(f"{m} T={t}: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s CPU), {r['peak_mib']:.0f} MiB"
+                                   for (m, t), r in rows.items()))
     if not args.no_bf16:
         err = worker("bf16", args.lengths[0])
         print(f"bfloat16 capture shares vs float32 softmax of the same bf16 q/k, T={err['T']}: "

@@ -138,13 +138,16 @@ def widen_for_mass(
     """q, k, v of one attention call widened so its output also carries each query's mass per segment in `codes`.
 
     value [b, kv, T, dv] gets the one-hot columns of `codes` (from segments [b, T]) after its own
-    columns; q, k and v are zero-padded to one common width, a multiple of 8 (flash kernels need equal
-    head dims, and multiples of 8 keep the fused kernels): zero columns leave every q.k unchanged.
+    columns; q, k and v are zero-padded to one common width (flash kernels need equal head dims; zero
+    columns leave every q.k unchanged), on accelerators a multiple of 8 so the fused kernels still apply.
+    On CPU the width is not rounded: the kernel's time grows with the width (head dim 64, T = 2560, one
+    thread: +10% for one extra column, +21% for eight), and every width runs the same fused kernel.
     The kernel must then be given the original `scaling` explicitly. Output columns [dv, dv + len(codes))
     are the masses, in the value dtype.
     """
     batch, kv, seq, dv = value.shape
-    width = -(-max(query.shape[-1], dv + len(codes)) // 8) * 8
+    align = 1 if value.device.type == "cpu" else 8
+    width = -(-max(query.shape[-1], dv + len(codes)) // align) * align
     codes_t = torch.tensor(codes, device=segments.device, dtype=segments.dtype)
     onehot = (segments[..., None] == codes_t).to(value.dtype)  # [b, T, w]
     wide = value.new_zeros((batch, kv, seq, width))

@@ -41,7 +41,11 @@ API
   name is unregistered, so the model is bit-identical to one never attached. Registered
   implementations of other names (sdpa, flash, ...) are never replaced.
 - The model must run a registered kernel (sdpa, flash_attention_*, flex_attention), not
-  'eager' (whose function is private to each modeling file).
+  'eager' (whose function is private to each modeling file). Tested on CPU with sdpa on every
+  tested family; flash-attention goes through the same dispatch and the same mask builder but
+  has not been run (no GPU in the session that wrote this).
+- A model deep-copied while attached keeps the registered name and fails once it is detached:
+  copy before attaching.
 """
 
 from __future__ import annotations
