@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
-from tqdm.auto import tqdm
+from probe.progress import progress_bar
 
 from interventions._roles import PATCH_SEGMENTS, position_mask
 from interventions.base import Intervention
@@ -174,7 +174,7 @@ def patch_sweep(
     lp_clean, lp_corrupt = np.full(n, np.nan), np.full(n, np.nan)
     device = next(corrupt.model.parameters()).device
     starts = range(0, n, batch_size)
-    bar = tqdm(total=len(starts) * (len(layer_sites) * len(layer_ids) * len(segments) + 1), desc="patch", disable=not progress)
+    bar = progress_bar(total=len(starts) * (len(layer_sites) * len(layer_ids) * len(segments) + 1), desc="patch", disable=not progress)
     for start in starts:
         sl = slice(start, min(start + batch_size, n))
         cb = clean.build_inputs(clean_examples[sl], padding_side="right").to(device)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
+from probe.progress import progress_bar
 
 from interventions.ablation import IMAGE_ABLATIONS, VisualTokenAblation, ablate_examples, open_image, visual_token_mean
 from interventions.base import Intervention, intervention_class, make_intervention
@@ -204,7 +204,7 @@ def run_grid(
     chunks = [slice(s, min(s + config.chunk_examples, len(examples))) for s in range(0, len(examples), config.chunk_examples)]
     todo = [(c, sl) for c in range(len(conditions)) for sl in chunks if not done[c, sl].all()]
     cache: dict[str, Any] = {}
-    bar = tqdm(total=len(conditions) * len(chunks), initial=len(conditions) * len(chunks) - len(todo), desc="grid",
+    bar = progress_bar(total=len(conditions) * len(chunks), initial=len(conditions) * len(chunks) - len(todo), desc="grid",
                disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for i, (c, sl) in enumerate(todo):
         label, name, params = conditions[c]
@@ -282,7 +282,7 @@ def _image_key(ex: Example) -> str:
 
 def _evaluate(model, donor, name, params, examples, partners, sl, config, cache) -> dict[str, np.ndarray]:
     """The four per-example variables of one condition over the examples in `sl`."""
-    from probe.eval.dependence import default_choices
+    from probe.eval.candidates import plan_candidates
 
     idx = list(range(sl.start, sl.stop))
     real = [examples[i] for i in idx]
@@ -301,7 +301,9 @@ def _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
             kw["mean"] = cache["visual_mean"]
         intervention = make_intervention(name, model, donor, **kw)
     # the correct answer's log-probability, and every candidate's under the real and the mismatched image
-    choices = [default_choices(e) for e in real]
+    if "plans" not in cache:  # candidates from the user's data, planned over the whole manifest (as probe eval does)
+        cache["plans"] = plan_candidates(examples)
+    choices = [cache["plans"][i].choices for i in idx]
     cands = [c if c else [e.answer] for c, e in zip(choices, real)]
     mism = [replace(e, image=o.image) if o is not None else e for e, o in zip(real, other)]
     preds, scores = rank_answers(model, real + mism, cands + cands, intervention, batch_size=config.batch_size)

@@ -116,7 +116,8 @@ class AttentionRecorder:
     def __enter__(self) -> "AttentionRecorder":
         if self._attachment is not None:
             raise RuntimeError("AttentionRecorder is already installed")
-        self._attachment = attach(self._attention_modules, self._hook, self._layers)
+        # outermost: the recorder measures the attention the model really runs, edits entered earlier included
+        self._attachment = attach(self._attention_modules, self._hook, self._layers, outermost=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

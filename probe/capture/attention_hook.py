@@ -24,7 +24,9 @@ API
 - `proceed(call)` runs the hooks attached after this one, then the model's attention kernel
   (sdpa, flash_attention_*, ...). A hook may call it once, several times, or not at all (then
   it computes the output itself). Several hooks on one layer chain in attach order: the first
-  attached sees the call first and its `proceed` calls the next.
+  attached sees the call first and its `proceed` calls the next. Observers attach with
+  `outermost=True` (the recorder does): they run before every other hook whatever the order of
+  attaching, so what they measure is the edited attention the model really runs.
 - `call.value` may carry extra trailing columns added by an outer hook (the recorder appends the
   segments' one-hot columns so the one kernel call also returns per-segment attention mass; it
   zero-pads query and key to the same width and passes `scaling` explicitly). Treat the width of
@@ -105,9 +107,10 @@ class AttentionHook(Protocol):
 class Attachment:
     """One hook attached to some decoder layers; a context manager that detaches on exit."""
 
-    def __init__(self, hook: AttentionHook, modules: dict[int, nn.Module]) -> None:
+    def __init__(self, hook: AttentionHook, modules: dict[int, nn.Module], outermost: bool = False) -> None:
         self.hook = hook
         self.modules = modules  # layer index -> attention module
+        self.outermost = outermost
         self.attached = False
 
     def __enter__(self) -> "Attachment":
@@ -125,8 +128,14 @@ class Attachment:
             state.remove(self)
 
 
-def attach(attention_modules: Sequence[nn.Module], hook: AttentionHook, layers: Iterable[int] | None = None) -> Attachment:
-    """Run `hook` inside the attention call of `attention_modules[i]` for each i in `layers` (default all)."""
+def attach(
+    attention_modules: Sequence[nn.Module], hook: AttentionHook, layers: Iterable[int] | None = None, *,
+    outermost: bool = False,
+) -> Attachment:
+    """Run `hook` inside the attention call of `attention_modules[i]` for each i in `layers` (default all).
+
+    `outermost`: run before every hook attached without it (observers that must see all edits).
+    """
     chosen = list(range(len(attention_modules))) if layers is None else [int(i) for i in layers]
     bad = [i for i in chosen if not 0 <= i < len(attention_modules)]
     if bad:
@@ -142,7 +151,7 @@ def attach(attention_modules: Sequence[nn.Module], hook: AttentionHook, layers: 
                 f"decoder layer {i} runs attention {impl!r}; load the model with attn_implementation='sdpa' "
                 "(or a flash-attention kernel) to hook attention"
             )
-    attachment = Attachment(hook, modules)
+    attachment = Attachment(hook, modules, outermost)
     for i, module in modules.items():
         state = _STATES.get(id(module.config)) or _ConfigState.install(module.config)
         state.add(attachment, i, module)
@@ -202,7 +211,11 @@ class _ConfigState:
         return attachment.hook(dataclasses.replace(call, layer=layer), lambda c: self.run(entries, i + 1, c))
 
     def add(self, attachment: Attachment, layer: int, module: nn.Module) -> None:
-        self.hooks.setdefault(id(module), []).append((layer, attachment))
+        entries = self.hooks.setdefault(id(module), [])
+        if attachment.outermost:  # after the outermost ones already there, before every other hook
+            entries.insert(sum(1 for _, a in entries if a.outermost), (layer, attachment))
+        else:
+            entries.append((layer, attachment))
 
     def remove(self, attachment: Attachment) -> None:
         for key in list(self.hooks):

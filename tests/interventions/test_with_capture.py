@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from interventions import ComponentSwap, Knockout
@@ -12,24 +13,29 @@ from probe.segments import Segment
 VISUAL = int(Segment.VISUAL)
 
 
-def _record(cap, batch, *interventions):
+def _record(cap, batch, *interventions, edits_first: bool = False):
     from contextlib import ExitStack
 
-    with torch.no_grad(), cap.recording(batch), ExitStack() as stack:
-        for iv in interventions:  # entered after the recorder: the recorder sees the edited attention
+    with torch.no_grad(), ExitStack() as stack:
+        if not edits_first:
+            stack.enter_context(cap.recording(batch))
+        for iv in interventions:
             iv.set_batch(batch)
             stack.enter_context(iv)
+        if edits_first:  # the recorder is attached outermost: it still sees the edited attention
+            stack.enter_context(cap.recording(batch))
         with cap.envoy.trace(**batch.inputs):
             saved = cap.tap(batch)
         return cap.collect(batch, saved)
 
 
-def test_knockout_is_what_capture_records(pair, batch):
+@pytest.mark.parametrize("edits_first", [False, True], ids=["capture-entered-first", "edit-entered-first"])
+def test_knockout_is_what_capture_records(pair, batch, edits_first):
     adapter = pair[0]
     spec = CaptureSpec(layers=(0, 1), resid=(), projector=False, dtype="float32")
     cap = Capture(adapter, spec)
     plain = _record(cap, batch)
-    knocked = _record(cap, batch, Knockout(adapter, layers=(1,), queries=("last_prompt",)))
+    knocked = _record(cap, batch, Knockout(adapter, layers=(1,), queries=("last_prompt",)), edits_first=edits_first)
     for before, after in zip(plain, knocked):
         share_before = before["attn_share"][:, :, 0, VISUAL]  # [layer, head], source last_prompt
         share_after = after["attn_share"][:, :, 0, VISUAL]
