@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from conftest import END_TOKEN, IMAGE_TOKEN, START_TOKEN, segment_of
+from tiny_vlm import END_TOKEN, IMAGE_TOKEN, START_TOKEN, segment_of
 from test_attention_stats import ATOL, RTOL, oracle_rows, oracle_shares
 
 from probe.capture import _attn_math
@@ -84,7 +84,7 @@ def test_gemma3_bidirectional_image_block(gemma3, padding, dropout):
 
     with torch.no_grad():
         if dropout:  # last layer only, so the layers before it see the eager model's inputs
-            with attach(attn, with_dropout, layers=[1]), rec:
+            with attach(attn, with_dropout, layers=[1], outermost=True), rec:  # outermost: as if the model passed it
                 model(**inputs)
         else:
             with rec:
