@@ -1,9 +1,11 @@
-"""Exact attention statistics for chosen queries, block by block, from post-RoPE q/k.
+"""Exact attention statistics from post-RoPE q/k, inside or beside the model's attention call.
 
-Nothing here ever holds a [seq, seq] tensor per head: per-segment shares come from one fused
-SDPA call per block of at most `block` queries (the segments' one-hot rows as values), full rows
-from probabilities formed for at most `block` queries at a time ([batch, head, block, seq]); the
-model's 4-D mask is read by gathering only the rows of those queries.
+Per-segment shares normally come from the model's own kernel call (`widen_for_mass` /
+`shares_from_mass`): the segments' one-hot columns ride along as extra value columns, so the one
+call returns the output and each query's attention mass per segment together. `attention_shares`
+is the second-pass fallback (dropout active). Nothing here ever holds a [seq, seq] tensor per
+head: the fallback and full rows form at most `block` queries at a time ([batch, head, block, seq]);
+the model's 4-D mask is read by gathering only the rows of those queries.
 """
 
 from __future__ import annotations
@@ -122,6 +124,53 @@ def needed_positions(weights: torch.Tensor) -> torch.Tensor:
     key = torch.where(used, pos, pos + seq)
     order = key.sort(dim=1, stable=True).values[:, :n_max]
     return torch.where(order < seq, order, torch.full_like(order, -1))
+
+
+def mass_codes(segments: torch.Tensor) -> list[int]:
+    """Segment codes that get a value column: every code present except TEXT, whose mass is the rest."""
+    present = torch.unique(segments).tolist()
+    return [int(c) for c in sorted(present) if c != Segment.TEXT]
+
+
+def widen_for_mass(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: torch.Tensor, codes: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of one attention call widened so its output also carries each query's mass per segment in `codes`.
+
+    value [b, kv, T, dv] gets the one-hot columns of `codes` (from segments [b, T]) after its own
+    columns; q, k and v are zero-padded to one common width, a multiple of 8 (flash kernels need equal
+    head dims, and multiples of 8 keep the fused kernels): zero columns leave every q.k unchanged.
+    The kernel must then be given the original `scaling` explicitly. Output columns [dv, dv + len(codes))
+    are the masses, in the value dtype.
+    """
+    batch, kv, seq, dv = value.shape
+    width = -(-max(query.shape[-1], dv + len(codes)) // 8) * 8
+    codes_t = torch.tensor(codes, device=segments.device, dtype=segments.dtype)
+    onehot = (segments[..., None] == codes_t).to(value.dtype)  # [b, T, w]
+    wide = value.new_zeros((batch, kv, seq, width))
+    wide[..., :dv] = value
+    wide[..., dv : dv + len(codes)] = onehot[:, None]
+    pad = torch.nn.functional.pad
+    return pad(query, (0, width - query.shape[-1])), pad(key, (0, width - key.shape[-1])), wide
+
+
+def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int]) -> torch.Tensor:
+    """Per-source mean mass per segment from per-query masses: mass [b, T, head, len(codes)] -> [b, head, 3, n_segments].
+
+    TEXT gets the rest of each query's unit mass; segments absent from the batch get 0; NaN where a
+    source has no query.
+    """
+    batch, seq, heads, _ = mass.shape
+    weights = source_weights(segments)  # [b, 3, T]
+    used = (weights.sum(dim=1) > 0)[:, :, None, None]
+    # queries nobody averages over may be fully masked (NaN rows): drop them rather than multiply NaN by 0
+    mass = torch.where(used, mass.to(torch.float64), 0.0)
+    part = torch.einsum("bnhs,bcn->bhcs", mass, weights.to(torch.float64))  # [b, h, 3, w]
+    share = torch.zeros((batch, heads, N_SOURCES, N_SEGMENTS), dtype=torch.float64, device=mass.device)
+    share[..., codes] = part
+    share[..., int(Segment.TEXT)] = weights.sum(dim=2).to(torch.float64)[:, None] - part.sum(dim=-1)
+    empty = weights.sum(dim=2) == 0  # [b, 3]
+    return share.to(torch.float32).masked_fill(empty[:, None, :, None], float("nan"))
 
 
 def attention_shares(

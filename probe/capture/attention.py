@@ -1,26 +1,25 @@
 """AttentionRecorder: exact attention statistics from inside the decoder's attention call.
 
-While installed, every entry of transformers' attention registry (sdpa, flash_attention_*, ...)
-is wrapped: a call from a selected decoder attention module first computes, from the model's
-own post-RoPE queries and keys and the mask the call received, the attention share per
-segment and the rows of chosen queries (float32 softmax), then runs the original kernel, so
-the model's output is unchanged. Calls from any other module (vision tower, ...) pass through.
+Installed through `attention_hook.attach` (a per-model registered attention function, so two
+models in one process record independently). In a selected decoder layer's own attention call
+it widens the values with the segments' one-hot columns, so the model's one kernel call
+(sdpa, flash-attention) returns the layer output and every query's attention mass per segment
+together; the output columns go back to the model unchanged. Rows of the few chosen queries,
+and the keys/queries, are formed beside the call from the model's post-RoPE q/k and the mask
+the call received (float32 softmax). Calls from other modules (vision tower, ...) pass through.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_utils import AttentionInterface
 
 from probe.capture import _attn_math
 from probe.capture._attn_math import MaskSource
+from probe.capture.attention_hook import Attachment, AttentionCall, Output, Proceed, attach
 from probe.segments import Segment
 
 SOURCES: tuple[str, ...] = ("last_prompt", "answer", "text")
@@ -51,11 +50,12 @@ class AttentionRecorder:
             model(**batch.inputs)
         rec.results[3].share  # [batch, head, 3, n_segments]
 
-    Sequences longer than `blockwise_above` are processed `block_size` queries at a time; below it,
-    only the queries a source averages over (and the selected rows) are formed, never visual queries.
-    Logits are formed from q and k upcast to float32 (softmax in float32), so for a bf16 model the
-    statistics are the exact attention of its bf16 q/k rather than the kernel's rounded one.
-    With dropout active (training mode) they are the pre-dropout probabilities.
+    Shares come from the model's own kernel call (see the module docstring): exact in float32; in
+    bfloat16 they carry the kernel's rounding of the probabilities and the mass columns (measured in
+    tests/probe/test_attention_fused.py). With dropout active (training mode) a second pass gives the
+    pre-dropout shares instead. Rows are formed beside the call from q and k upcast to float32, `block_size`
+    queries at a time above `blockwise_above` positions, so for a bf16 model they are the exact
+    attention of its bf16 q/k rather than the kernel's rounded one.
     """
 
     def __init__(
@@ -75,8 +75,8 @@ class AttentionRecorder:
         bad = [i for i in layers if not 0 <= int(i) < len(attention_modules)]
         if bad:
             raise ValueError(f"layers {bad} do not exist among {len(attention_modules)} attention modules")
-        self._by_module: dict[int, int] = {id(attention_modules[i]): int(i) for i in layers}
-        self._modules = {int(i): attention_modules[i] for i in layers}
+        self._attention_modules = list(attention_modules)
+        self._layers = [int(i) for i in layers]
         self.shares, self.rows, self.keys, self.queries = shares, rows, keys, queries
         self.blockwise_above = blockwise_above
         self.block_size = block_size
@@ -84,7 +84,8 @@ class AttentionRecorder:
         self._segments: torch.Tensor | None = None
         self._query_positions: torch.Tensor | None = None
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._saved: dict[Any, Callable] | None = None
+        self._attachment: Attachment | None = None
+        self._codes: list[int] = []
 
     # --- batch ---------------------------------------------------------------------
     def set_batch(self, segments: torch.Tensor, query_positions: torch.Tensor | None = None) -> None:
@@ -103,6 +104,7 @@ class AttentionRecorder:
             raise ValueError(f"query_positions reach {int(query_positions.max())}, beyond seq {segments.shape[1]}")
         self._segments = segments.long()
         self._query_positions = query_positions.long()
+        self._codes = _attn_math.mass_codes(self._segments)
         self._on_device = {}
         self.results = {}
 
@@ -112,50 +114,23 @@ class AttentionRecorder:
 
     # --- install -------------------------------------------------------------------
     def __enter__(self) -> "AttentionRecorder":
-        if self._saved is not None:
+        if self._attachment is not None:
             raise RuntimeError("AttentionRecorder is already installed")
-        for layer, module in self._modules.items():
-            impl = getattr(getattr(module, "config", None), "_attn_implementation", None)
-            if impl is not None and impl not in AttentionInterface._global_mapping:
-                raise ValueError(
-                    f"decoder layer {layer} runs attention {impl!r}; load the model with attn_implementation='sdpa' "
-                    "(or a flash-attention kernel) to record attention"
-                )
-        mapping = AttentionInterface._global_mapping
-        self._saved = dict(mapping)
-        for name, fn in self._saved.items():
-            mapping[name] = self._wrap(fn)
+        self._attachment = attach(self._attention_modules, self._hook, self._layers)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        mapping = AttentionInterface._global_mapping
-        for name, fn in (self._saved or {}).items():
-            mapping[name] = fn
-        self._saved = None
-
-    def _wrap(self, fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapped(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            layer = self._by_module.get(id(module))
-            if layer is not None:
-                bound = signature.bind(module, *args, **kwargs)
-                call = {k: v for k, v in bound.arguments.items() if k != "kwargs"}
-                call.update(bound.arguments.get("kwargs", {}))
-                with torch.no_grad():
-                    self._record(layer, module, call)
-            return fn(module, *args, **kwargs)
-
-        return wrapped
+        if self._attachment is not None:
+            self._attachment.detach()
+        self._attachment = None
 
     # --- compute -------------------------------------------------------------------
-    def _record(self, layer: int, module: nn.Module, call: dict[str, Any]) -> None:
+    def _hook(self, call: AttentionCall, proceed: Proceed) -> Output:
+        layer, query, key = call.layer, call.query, call.key
         if self._segments is None:
             raise RuntimeError("AttentionRecorder: call set_batch(segments, query_positions) before the forward pass")
         if layer in self.results:
             raise RuntimeError(f"decoder layer {layer} attention ran twice in one batch; call reset() between forwards")
-        query, key = call["query"], call["key"]
         batch, heads, q_len, _ = query.shape
         kv_len = key.shape[2]
         seq = self._segments.shape[1]
@@ -167,36 +142,57 @@ class AttentionRecorder:
         if heads % key.shape[1]:
             raise RuntimeError(f"decoder layer {layer}: {heads} query heads not a multiple of {key.shape[1]} kv heads")
         for name in _UNSUPPORTED_KWARGS:
-            if call.get(name) is not None:
+            if call.kwargs.get(name) is not None:
                 raise NotImplementedError(f"decoder layer {layer}: attention with {name!r} is not supported by the recorder")
         segments, qpos = self._device_batch(query.device)
-        mask = self._mask_source(layer, module, call, segments)
-        scaling = call.get("scaling")
-        scaling = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-        block = self.block_size if seq > self.blockwise_above else None
-        opts = dict(scaling=scaling, mask=mask, block=block, softcap=call.get("softcap"))
         out = LayerAttention()
-        if self.shares:
-            out.share = _attn_math.attention_shares(query, key, segments, **opts)
-        if self.rows:
-            out.rows = _attn_math.attention_rows(query, key, qpos, **opts)
-        if self.keys:
-            out.keys = key.detach().clone()
-        if self.queries:
-            out.queries = query.detach().clone()
+        fused = self.shares and not call.kwargs.get("dropout")
+        if fused:
+            output, weights = self._fused(call, proceed, segments, out)
+        else:
+            output, weights = proceed(call)
+        with torch.no_grad():
+            if self.shares and not fused or self.rows:
+                mask = self._mask_source(call, segments)
+                scaling = call.scaling
+                block = self.block_size if seq > self.blockwise_above else None
+                opts = dict(scaling=scaling, mask=mask, block=block, softcap=call.kwargs.get("softcap"))
+                if self.shares and not fused:
+                    out.share = _attn_math.attention_shares(query, key, segments, **opts)
+                if self.rows:
+                    out.rows = _attn_math.attention_rows(query, key, qpos, **opts)
+            if self.keys:
+                out.keys = key.detach().clone()
+            if self.queries:
+                out.queries = query.detach().clone()
         self.results[layer] = out
+        return output, weights
+
+    def _fused(self, call: AttentionCall, proceed: Proceed, segments: torch.Tensor, out: LayerAttention) -> Output:
+        """Run the call with the mass columns appended to value; keep the masses, return the model's own columns."""
+        dv, n = call.value.shape[-1], len(self._codes)
+        # differentiable in q, k, v: under autograd the model's own output keeps its graph
+        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes)
+        output, weights = proceed(call.replace(query=query, key=key, value=value, scaling=call.scaling))
+        if output.shape[-1] != value.shape[-1]:
+            raise RuntimeError(
+                f"decoder layer {call.layer}: attention returned width {output.shape[-1]} for values of width "
+                f"{value.shape[-1]}; a hook attached after the recorder must keep the extra value columns"
+            )
+        out.share = _attn_math.shares_from_mass(output[..., dv : dv + n].detach(), segments, self._codes)
+        return output[..., :dv], weights
 
     def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on_device:
             self._on_device[device] = (self._segments.to(device), self._query_positions.to(device))
         return self._on_device[device]
 
-    def _mask_source(self, layer: int, module: nn.Module, call: dict[str, Any], segments: torch.Tensor) -> MaskSource:
-        mask = call.get("attention_mask")
+    def _mask_source(self, call: AttentionCall, segments: torch.Tensor) -> MaskSource:
+        layer, module, mask = call.layer, call.module, call.attention_mask
         key_valid = segments != Segment.PAD
-        is_causal = call.get("is_causal")
+        is_causal = call.kwargs.get("is_causal")
         causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
-        window = call.get("sliding_window") or getattr(module, "sliding_window", None)
+        window = call.kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
         if mask is None:
             return MaskSource(None, key_valid, causal, window)
         if not isinstance(mask, torch.Tensor):

@@ -115,7 +115,10 @@ def test_recorder_matches_eager(tiny_factory, batch_factory, family, padding, bl
     kw = dict(blockwise_above=8, block_size=5) if blockwise else {}
     rec, out = run_recorder(tiny, inputs, segments, qpos, **kw)
 
-    torch.testing.assert_close(out.logits, plain, atol=0, rtol=0)  # the recorder leaves the output untouched
+    # the recorder returns the kernel's own output columns: bit-identical for head dims >= 12 on CPU
+    # (test_attention_hook.py), for these head-dim-8 models SDPA rounds q.k differently at the wider width
+    exact = tiny.decoder_attn[0].head_dim >= 16
+    torch.testing.assert_close(out.logits, plain, atol=0 if exact else 1e-6, rtol=0 if exact else 1e-5)
     valid = segments != Segment.PAD
     torch.testing.assert_close(out.logits[valid], eager.logits[valid], atol=ATOL, rtol=RTOL)
     assert len(eager.attentions) == len(tiny.decoder_attn)
@@ -217,12 +220,12 @@ def _square_allocs(shapes: list[tuple[int, ...]], seq: int) -> list[tuple[int, .
 
 @pytest.mark.parametrize(("kw", "shares"), [(dict(blockwise_above=8, block_size=5), True), ({}, False)])
 def test_no_seq_by_seq_tensor(tiny_factory, batch_factory, monkeypatch, kw, shares):
-    """Blockwise mode (and rows-only mode) never allocates a [seq, seq] tensor; the spy itself is checked on a full map."""
+    """The recorder's own work (widening, shares, blockwise rows) never allocates a [seq, seq] tensor; the spy is checked on a full map."""
     tiny = tiny_factory("llava")
     inputs, segments, qpos = batch_factory(tiny, "left")
     seq = segments.shape[1]
     spy = _AllocSpy()
-    for name in ("attention_shares", "attention_rows"):
+    for name in ("widen_for_mass", "shares_from_mass", "attention_shares", "attention_rows"):
         orig = getattr(_attn_math, name)
 
         def spied(*a, _orig=orig, **k):
