@@ -390,6 +390,9 @@ def tiny_gemma3(
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = tf.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # transformers initialises the projection to zeros: every image token would be 0
+        projection = model.model.multi_modal_projector.mm_input_projection_weight
+        projection.normal_(0.0, projection.shape[0] ** -0.5)
     image_processor = tf.Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_convert_rgb=True)
     processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_image)
     return model, processor
