@@ -7,14 +7,11 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Capture, evaluate and compare multimodal models.")
-data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets: the synthetic bilingual benchmark.")
+from probe.cli_errors import App
+
+app = App(root=True, no_args_is_help=True, help="Capture, evaluate and compare multimodal models.")
+data_app = App(no_args_is_help=True, help="Datasets: the synthetic bilingual benchmark.")
 app.add_typer(data_app, name="data")
-
-
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("capture")
@@ -26,16 +23,20 @@ def capture_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder applied to the model"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip bad examples (recorded in the store) instead of stopping"),
     chunk: int = typer.Option(64, "--chunk", help="examples per zarr chunk (and per crash-safe commit)"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
 ) -> None:
     """Record attention statistics, keys, residuals and projector outputs into a TraceStore."""
     from probe.capture import CaptureSpec, capture
-    from probe.models.base import BadExampleError
+    from probe.models.loading import check_lora_adapter, load_model
 
-    try:
-        store = capture(model, manifest, out, CaptureSpec.from_file(spec) if spec else None,
-                        lora_adapter=adapter, skip_bad=skip_bad, examples_per_chunk=chunk)
-    except (BadExampleError, ValueError, FileNotFoundError, KeyError) as err:
-        _fail(err)
+    capture_spec = CaptureSpec.from_file(spec) if spec else None
+    loaded = model
+    if adapter is not None:
+        check_lora_adapter(adapter, allow_pickle=allow_pickle)
+        if allow_pickle:
+            loaded = load_model(model, lora_adapter=adapter, allow_pickle=True)
+    store = capture(loaded, manifest, out, capture_spec, lora_adapter=adapter, skip_bad=skip_bad,
+                    examples_per_chunk=chunk)
     typer.echo(f"wrote {len(store.example_ids)} examples to {out}" + (f" ({len(store.skipped)} skipped)" if store.skipped else ""))
 
 
@@ -44,10 +45,7 @@ def info_cmd(store: Path = typer.Argument(..., help="TraceStore folder")) -> Non
     """Print a store's schema, sizes and provenance."""
     from probe.store import TraceStore
 
-    try:
-        typer.echo(TraceStore.open(store).summary())
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    typer.echo(TraceStore.open(store).summary())
 
 
 @app.command("eval")
@@ -57,6 +55,9 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="store (or new zarr) to save the evaluation into, group 'eval'"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter folder applied to the model"),
     batch_size: int = typer.Option(32, "--batch-size"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
+    choices: Optional[Path] = typer.Option(
+        None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
 ) -> None:
     """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
     from rich.console import Console
@@ -65,10 +66,9 @@ def eval_cmd(
     from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
     from probe.models import load_model
 
-    try:
-        ds = evaluate_dependence(load_model(model, lora_adapter=adapter), read_manifest(manifest), batch_size=batch_size)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    examples = read_manifest(manifest)
+    ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
+                             batch_size=batch_size, choices_file=choices)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
     if out is not None:
         save_dependence(ds, out)
@@ -82,11 +82,10 @@ def analyze_cmd(
 ) -> None:
     """Analyse one store: attention, sinks, key space, probes, MIR; an offline HTML report plus JSON."""
     from probe.report import report
+    from probe.store import TraceStore
 
-    try:
-        report(store, out, out.with_suffix(".json"))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    TraceStore.open(store)  # a non-store path fails here in one line, before any analysis
+    report(store, out, out.with_suffix(".json"))
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
@@ -98,11 +97,11 @@ def compare_cmd(
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
     from probe.report import compare
+    from probe.store import TraceStore
 
-    try:
-        compare(before, after, out, out.with_suffix(".json"))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    for path in (before, after):
+        TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
+    compare(before, after, out, out.with_suffix(".json"))
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,6 +146,38 @@ def make_colour_manifest():
 @pytest.fixture(scope="session")
 def colour_manifest(tmp_path_factory) -> Path:
     return write_colour_manifest(tmp_path_factory.mktemp("colours"), 9)
+
+
+def _shared_basetemp(tmp_path_factory) -> Path:
+    """The session's temp root, shared by pytest-xdist workers (each worker's own is one level down)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def organism_cache(tmp_path_factory) -> Callable[..., Any]:
+    """`get(seed=0, config=None) -> OrganismResult`: each (recipe, seed) is trained once per test session.
+
+    Every test that needs the organism (tests/train/test_organism.py, the notebook test) goes through
+    this cache; a file lock makes xdist workers wait for one build instead of training twice.
+    """
+    root = _shared_basetemp(tmp_path_factory) / "organisms"
+    root.mkdir(parents=True, exist_ok=True)
+
+    def get(seed: int = 0, config: Any = None) -> Any:
+        from dataclasses import asdict
+
+        from train.organism import OrganismConfig, build_organism, existing_organism
+
+        cfg = config or OrganismConfig()
+        recipe = json.dumps({"seed": seed, "config": asdict(cfg)}, sort_keys=True, default=str)
+        out = root / f"seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+        with open(root / f"{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return existing_organism(out, seed=seed, config=cfg) or build_organism(out, seed=seed, config=cfg,
+                                                                                  progress=False)
+
+    return get
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Fine-tune multimodal models and build the model organism.", no_args_is_help=True)
+from probe.cli_errors import App
+
+app = App(root=True, help="Fine-tune multimodal models and build the model organism.", no_args_is_help=True)
 
 
 @app.command("sft")

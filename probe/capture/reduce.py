@@ -70,17 +70,3 @@ def remap_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tenso
     lookup[index.cpu()] = torch.arange(index.numel())
     pos = positions.cpu()
     return torch.where(pos >= 0, lookup[pos.clamp_min(0)], pos)
-
-
-def split_rows(flat: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """Split a projector/vision tensor whose leading dims run over every example's visual units.
-
-    flat: [..., d] with prod(leading) == k * sum(counts) for an integer k (k rows per unit: per visual
-    token, e.g. 4 before a pixel-unshuffle or patch merger, or per tile) -> one [k * count, d] tensor per example.
-    """
-    rows = flat.reshape(-1, flat.shape[-1])
-    total = sum(counts)
-    if total == 0 or rows.shape[0] % total:
-        raise ValueError(f"{rows.shape[0]} rows cannot be split over examples with {counts} visual units")
-    k = rows.shape[0] // total
-    return list(torch.split(rows, [k * c for c in counts]))

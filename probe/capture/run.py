@@ -2,65 +2,81 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from probe.capture.recordables import tl_sites
 from probe.capture.session import SOURCES, Capture
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
-from probe.data.manifest import read_manifest
-from probe.models.base import BadExampleError, ModelAdapter
-from probe.provenance import provenance_attrs, weights_hash
+from probe.data.manifest import read_manifest, read_manifest_skipping
+from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.progress import progress_bar
+from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
-from probe.store import TraceStore, TraceStoreWriter, VariableSpec
+from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
+from probe.store import lock as store_lock
 
-TL_SITES = {
-    "attn_share": "blocks.{layer}.attn.hook_pattern",
-    "attn_pattern": "blocks.{layer}.attn.hook_pattern",
-    "hook_rot_k": "blocks.{layer}.attn.hook_rot_k",
-    "hook_rot_q": "blocks.{layer}.attn.hook_rot_q",
-    "hook_resid_post": "blocks.{layer}.hook_resid_post",
-    "hook_resid_post_pooled": "blocks.{layer}.hook_resid_post",
-    "hook_resid_post_tokens": "blocks.{layer}.hook_resid_post",
-}
-
-_VISUAL_DIMS = {"projector_in": ("vtoken_in", "feature_in"), "projector_out": ("vtoken", "feature"),
-                "vision_out": ("vpatch", "feature_vision")}
+TL_SITES = tl_sites()
 
 
 @dataclass(frozen=True)
 class _Checked:
-    """Examples that can be fed, their longest unpadded length and visual-unit count, and the rejects."""
+    """Examples that can be fed, the most any of them needs of each growing dim, and the rejects.
+
+    needs: size rule -> largest need ("position": unpadded length; "visual:<site>": rows at a visual site).
+    """
 
     examples: list[Example]
-    max_len: int
-    max_units: int  # ModelAdapter.visual_units: sizes the projector / vision rows of the store
+    needs: dict[str, int]
     skipped: list[tuple[str, str]]
 
+    @property
+    def max_len(self) -> int:
+        return self.needs.get("position", 0)
 
-def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_bad: bool, progress: bool = True) -> _Checked:
-    """Build every example's inputs once: catches bad input before anything is written, sizes the store."""
+
+def example_needs(adapter: ModelAdapter, inputs: ModelInputs) -> dict[str, int]:
+    """What one example (a batch of one) needs of each growing store dim, from its inputs alone."""
+    needs = {"position": int((inputs.segments[0] != Segment.PAD).sum())}
+    needs.update({f"visual:{site}": int(rows[0]) for site, rows in adapter.visual_row_counts(inputs).items()})
+    return needs
+
+
+def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_bad: bool, progress: bool = True,
+                   limits: dict[str, tuple[str, int]] | None = None, out: Path | None = None) -> _Checked:
+    """Build every example's inputs once: catches bad input before anything is written, sizes the store.
+
+    `limits`: size rule -> (dim, size) of the store being resumed (fixed at its creation); an example needing more is bad.
+    """
     good: list[Example] = []
     skipped: list[tuple[str, str]] = []
-    max_len = max_units = 0
-    for ex in tqdm(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
+    most: dict[str, int] = {}
+    for ex in progress_bar(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
+            needs = example_needs(adapter, inputs)
+            for rule, (dim, size) in (limits or {}).items():
+                if needs.get(rule, 0) > size:
+                    what = (f"{needs[rule]} tokens, more than the {size} positions" if rule == "position" else
+                            f"{needs[rule]} rows at {rule.split(':', 1)[1]}, more than the {size} ({dim!r})")
+                    raise BadExampleError(ex.id, f"{what} of store {out} (sizes are fixed when a store is created): "
+                                                 "capture it into a new store")
         except BadExampleError as err:
             if not skip_bad:
                 raise
             skipped.append((ex.id, err.reason))
             continue
         good.append(ex)
-        max_len = max(max_len, int((inputs.segments[0] != Segment.PAD).sum()))
-        max_units = max(max_units, adapter.visual_units(inputs)[0])
-    return _Checked(good, max_len, max_units, skipped)
+        for rule, n in needs.items():
+            most[rule] = max(most.get(rule, 0), n)
+    return _Checked(good, most, skipped)
 
 
 def _label_names(examples: Sequence[Example]) -> list[str]:
@@ -73,43 +89,27 @@ def _example_coords(batch: Sequence[Example], labels: list[str]) -> dict[str, li
         "condition": [ex.condition for ex in batch],
         "question_type": [ex.question_type for ex in batch],
         "image_dependent": [bool(ex.image_dependent) for ex in batch],
+        "group": [_group(ex) for ex in batch],
     }
     for k in labels:
         coords[f"label_{k}"] = [str(ex.labels.get(k, "")) for ex in batch]
     return coords
 
 
-def _variables(cap: Capture, first: dict[str, np.ndarray]) -> dict[str, VariableSpec]:
-    """Store variables for what the spec asks (projector/vision ones only where the first row has them)."""
-    spec, store_dt = cap.spec, cap.spec.dtype
-    v: dict[str, VariableSpec] = {
-        "seq_len": VariableSpec(("example",), "int32", -1),
-        "segment_ids": VariableSpec(("example", "position"), "int8", -1),
-        "query_position": VariableSpec(("example", "query"), "int32", -1),
-        "n_vtoken": VariableSpec(("example",), "int32", -1),
+def _group(ex: Example) -> str:
+    """The independent unit of an example: its manifest `group`, else its image path, else its id."""
+    if ex.group is not None:
+        return str(ex.group)
+    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
+
+
+def _variables(cap: Capture) -> dict[str, VariableSpec]:
+    """Store variables of the recordables the spec asks for (with their TransformerLens hook name)."""
+    return {
+        r.name: VariableSpec(("example",) + r.dims, r.store_dtype(cap.spec), r.fill,
+                             {"tl_site": r.tl_hook} if r.tl_hook else {})
+        for r in cap.recordables
     }
-    if spec.attn_share:
-        v["attn_share"] = VariableSpec(("example", "layer", "head", "source", "segment"), "float32", np.nan)
-    if spec.attn_pattern:
-        v["attn_pattern"] = VariableSpec(("example", "layer", "head", "query", "position"), "float32", np.nan)
-    if spec.keys:
-        v["hook_rot_k"] = VariableSpec(("example", "layer", "kv_head", "position", "d_head"), store_dt, np.nan)
-    if spec.queries:
-        v["hook_rot_q"] = VariableSpec(("example", "layer", "head", "position", "d_head"), store_dt, np.nan)
-    if "query" in spec.resid:
-        v["hook_resid_post"] = VariableSpec(("example", "layer", "query", "feature"), store_dt, np.nan)
-    if "pooled" in spec.resid:
-        v["hook_resid_post_pooled"] = VariableSpec(("example", "layer", "segment", "feature"), store_dt, np.nan)
-    if "tokens" in spec.resid:
-        v["hook_resid_post_tokens"] = VariableSpec(("example", "layer", "position", "feature"), store_dt, np.nan)
-    for name, dims in _VISUAL_DIMS.items():
-        if name in first:
-            v[name] = VariableSpec(("example",) + dims, store_dt, np.nan)
-    for name, var in v.items():
-        site = TL_SITES.get(name)
-        if site:
-            v[name] = VariableSpec(var.dims, var.dtype, var.fill, {"tl_site": site})
-    return v
 
 
 def capture(
@@ -125,48 +125,92 @@ def capture(
 ) -> TraceStore:
     """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
 
-    Resumable: run the same call again after an interruption and only missing examples are captured.
+    Resumable: run the same call again after an interruption and only missing examples are captured
+    (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
+    and spec, whatever path the model is given by.
     """
-
     spec = spec or CaptureSpec()
+    out = Path(out)
+    resuming = _check_target(out)  # before loading anything
+    manifest = ""
+    bad_lines: list[tuple[str, str]] = []  # with skip_bad, bad manifest lines are recorded like bad images
+    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
+        manifest = str(examples)
+        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
     if isinstance(model, ModelAdapter):
         adapter, model_id = model, getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__
+        digest = weights_hash(adapter.model)
     else:
         from probe.models.loading import load_model
 
         adapter, model_id = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None), str(model)
-    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        examples = read_manifest(examples)
+        digest = checkpoint_weights_hash(adapter.model, [model] + ([lora_adapter] if lora_adapter else []))
     adapter.model.eval()
-    checked = check_examples(adapter, examples, skip_bad=skip_bad, progress=progress)
-    if not checked.examples:
-        raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
     cap = Capture(adapter, spec)
-    labels = _label_names(checked.examples)
     attrs = provenance_attrs(
         model_id=model_id,
-        weights_hash=weights_hash(adapter.model),
+        weights_hash=digest,
         adapter=adapter.name,
         lora_adapter=str(lora_adapter or ""),
         capture_spec=spec.to_json(),
-        schema_version="1",
+        manifest=manifest,
+        schema_version=SCHEMA_VERSION,
     )
-    out = Path(out)
-    writer: TraceStoreWriter | None = None
+    writer = TraceStoreWriter.resume(out, attrs=attrs) if resuming else None
+    try:
+        store = _capture_into(out, writer, cap, examples, attrs, skip_bad=skip_bad, progress=progress,
+                              examples_per_chunk=examples_per_chunk, bad_lines=bad_lines)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if spec.vocab and VOCAB_GROUP not in store.groups():
+        write_vocab(adapter, out, spec.dtype)
+    return store
+
+
+def _check_target(out: Path) -> bool:
+    """Whether `out` holds a store to resume; one-line errors for a path that cannot become one."""
     if TraceStore.exists(out):
-        writer = TraceStoreWriter.resume(out, attrs=attrs)
+        check_schema_version(out)
+        store_lock.release(store_lock.acquire(out, "capture"))  # another writer at work: say so before loading a model
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NotAStoreError(f"{out} exists and is not a TraceStore; refusing to write there (give another --out)")
+    return False
+
+
+def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, examples: Sequence[Example],
+                  attrs: dict[str, str], *, skip_bad: bool, progress: bool, examples_per_chunk: int,
+                  bad_lines: Sequence[tuple[str, str]] = ()) -> TraceStore:
+    adapter, spec = cap.adapter, cap.spec
     done = writer.done_ids() if writer is not None else set()
-    todo = [ex for ex in checked.examples if ex.id not in done]
-    bar = tqdm(total=len(checked.examples), initial=len(checked.examples) - len(todo), desc="capture",
+    todo = [ex for ex in examples if ex.id not in done]
+    if writer is not None and todo:
+        foreign = len(done - {ex.id for ex in examples})
+        if foreign:
+            warnings.warn(f"store {out} holds {foreign} examples that are not among these; adding {len(todo)} more "
+                          "to it (the store becomes their union)", UserWarning, stacklevel=3)
+    limits = _store_limits(writer, cap) if writer is not None else None
+    checked = check_examples(adapter, todo, skip_bad=skip_bad, progress=progress, limits=limits, out=out)
+    checked.skipped[:0] = bad_lines
+    max_positions = limits["position"][1] if limits else None
+    if writer is None and not checked.examples:
+        raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
+    labels = _label_names(checked.examples)
+    if writer is not None:
+        labels = [c[len("label_"):] for c in writer.layout.example_coords if c.startswith("label_")]
+    n_before = len(done)
+    bar = progress_bar(total=n_before + len(checked.examples), initial=n_before, desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), spec.batch_size):
-        batch_examples = todo[start : start + spec.batch_size]
+    for start in range(0, len(checked.examples), spec.batch_size):
+        batch_examples = checked.examples[start : start + spec.batch_size]
         batch = adapter.build_inputs(batch_examples, padding_side=spec.padding_side)
         batch = batch.to(next(adapter.model.parameters()).device)
-        rows = cap.collect(batch, _forward(cap, batch), n_positions=checked.max_len)
+        n_positions = max_positions or checked.max_len
+        rows = cap.collect(batch, _forward(cap, batch), n_positions=n_positions)
         if writer is None:
-            first_units = adapter.visual_units(batch)[0]
-            writer = _create_writer(out, cap, rows[0], first_units, checked, labels, attrs, examples_per_chunk)
+            writer = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
         writer.append(
             [ex.id for ex in batch_examples],
             _example_coords(batch_examples, labels),
@@ -174,15 +218,9 @@ def capture(
         )
         bar.update(len(batch_examples))
     bar.close()
-    if writer is None:  # everything was already captured
-        store = TraceStore.open(out)
-    else:
-        for example_id, reason in checked.skipped:
-            writer.record_skipped(example_id, reason)
-        store = writer.close()
-    if spec.vocab and not (out / VOCAB_GROUP).exists():
-        write_vocab(adapter, out, spec.dtype)
-    return store
+    for example_id, reason in checked.skipped:
+        writer.record_skipped(example_id, reason)
+    return writer.close()
 
 
 @torch.inference_mode()
@@ -193,9 +231,21 @@ def _forward(cap: Capture, batch) -> dict:
     return saved
 
 
-def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_units: int, checked: _Checked,
+def _store_limits(writer: TraceStoreWriter, cap: Capture) -> dict[str, tuple[str, int]]:
+    """Size rule -> (dim, size) of an existing store's growing dims."""
+    lay = writer.layout
+    limits = {"position": ("position", lay.dim_size("position"))}
+    for rec in cap.recordables:
+        for dim, rule in rec.grows.items():
+            if rule != "position" and rec.name in lay.variables:
+                limits[rule] = (dim, lay.dim_size(dim))
+    return limits
+
+
+def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], checked: _Checked,
                    labels: list[str], attrs: dict[str, str], examples_per_chunk: int) -> TraceStoreWriter:
-    """Create the store, sizing unlabelled dims from the checked examples and one captured row."""
+    """Create the store: labelled dims from the adapter and spec, growing dims by each recordable's rule
+    (the most any checked example needs), the rest from one captured row."""
     adapter, spec = cap.adapter, cap.spec
     coords = {
         "layer": list(cap.layers),
@@ -205,35 +255,41 @@ def _create_writer(out: Path, cap: Capture, first: dict[str, np.ndarray], first_
         "segment": list(SEGMENT_NAMES),
         "query": list(spec.query_slots),
         "position": list(range(checked.max_len)),
+        "corner": ["x0", "y0", "x1", "y1"],
+        "hw": ["height", "width"],
     }
-    sizes = {"feature": adapter.hidden_size}
-    for name, (tok_dim, feat_dim) in _VISUAL_DIMS.items():
-        if name in first:
-            # rows per visual unit (e.g. 4 before a 2x2 merger, 17/16 with a CLS token), scaled to the largest example
-            sizes[tok_dim] = int(np.ceil(first[name].shape[0] / max(first_units, 1) * checked.max_units))
-            sizes[feat_dim] = int(first[name].shape[1])
-    for name in ("hook_rot_k", "hook_rot_q"):
-        if name in first:
-            sizes["d_head"] = int(first[name].shape[-1])
+    sizes: dict[str, int] = {}
+    for rec in cap.recordables:
+        row = np.asarray(first[rec.name])
+        for axis, dim in enumerate(rec.dims):
+            if dim in coords or dim in sizes:
+                continue
+            rule = rec.grows.get(dim)
+            if rule is None:
+                sizes[dim] = int(row.shape[axis])
+            elif rule in checked.needs:
+                sizes[dim] = checked.needs[rule]
+            else:
+                raise ValueError(f"recordable {rec.name!r}: unknown size rule {rule!r} for dim {dim!r}")
     return TraceStoreWriter.create(
         out,
-        variables=_variables(cap, first),
+        variables=_variables(cap),
         coords=coords,
         sizes=sizes,
         example_coords={"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool",
-                        **{f"label_{k}": "str" for k in labels}},
+                        "group": "str", **{f"label_{k}": "str" for k in labels}},
         attrs=attrs,
         examples_per_chunk=examples_per_chunk,
     )
 
 
 def _stack_rows(rows: list[dict[str, np.ndarray]], variables: dict[str, VariableSpec]) -> dict[str, np.ndarray]:
-    """Batch per-example rows into arrays, padding variable-length visual rows with NaN (the writer pads the rest)."""
+    """Batch per-example rows into arrays, padding rows shorter along a dim with the fill (the writer pads to the store)."""
     out: dict[str, np.ndarray] = {}
     for name, var in variables.items():
-        values = [r[name] for r in rows]
-        if name in _VISUAL_DIMS:
-            width = max(v.shape[0] for v in values)
-            values = [np.pad(v, ((0, width - v.shape[0]), (0, 0)), constant_values=np.nan) for v in values]
+        values = [np.asarray(r[name]) for r in rows]
+        shape = np.max([v.shape for v in values], axis=0) if values[0].ndim else ()
+        values = [np.pad(v, [(0, int(n) - k) for n, k in zip(shape, v.shape)], constant_values=var.fill_value)
+                  if v.ndim else v for v in values]
         out[name] = np.stack(values)
     return out

@@ -10,7 +10,8 @@ import torch
 from nnsight import NNsight
 
 from probe.capture.attention import AttentionRecorder
-from probe.capture.reduce import query_positions, remap_positions, split_rows, to_unpadded, unpadded_index
+from probe.capture.reduce import query_positions, remap_positions, to_unpadded, unpadded_index
+from probe.capture.recordables import ATTENTION, selected
 from probe.capture.spec import CaptureSpec
 from probe.capture.taps import plan_taps, tap
 from probe.models.base import ModelAdapter, ModelInputs
@@ -38,20 +39,17 @@ class Capture:
         self.adapter = adapter
         self.spec = spec
         self.envoy = envoy if envoy is not None else NNsight(adapter.model)
-        n = adapter.num_layers
-        self.attn_layers = spec.resolve_layers(spec.layers, n)
-        self.kq_layers = spec.resolve_layers(spec.kq_layers, n) if (spec.keys or spec.queries) else ()
-        self.resid_layers = spec.resolve_layers(spec.resid_layers, n) if spec.resid else ()
-        self.layers = tuple(sorted(set(self.attn_layers) | set(self.kq_layers) | set(self.resid_layers)))
-        self.plan = plan_taps(adapter, spec)
-        record_layers = sorted(set(self.attn_layers if (spec.attn_share or spec.attn_pattern) else ()) | set(self.kq_layers))
+        self.recordables = selected(spec)
+        self.layers = spec.resolve_layers(spec.layers, adapter.num_layers)
+        self.plan = plan_taps(adapter, self.recordables, self.layers)
+        attention = {r.name for r in self.recordables if r.source == ATTENTION}
         self.recorder = AttentionRecorder(
             adapter.attention_modules,
-            record_layers,
-            shares=spec.attn_share,
-            rows=spec.attn_pattern,
-            keys=spec.keys,
-            queries=spec.queries,
+            self.layers if attention else (),
+            shares="attn_share" in attention,
+            rows="attn_pattern" in attention,
+            keys="hook_rot_k" in attention,
+            queries="hook_rot_q" in attention,
             blockwise_above=spec.blockwise_above,
             block_size=spec.block_size,
         )
@@ -70,7 +68,7 @@ class Capture:
         """Request the module taps; call inside the trace (an empty invoke when you edit too)."""
         if self._qpos is None:
             raise RuntimeError("call tap() inside `with capture.recording(batch)`")
-        return tap(self.envoy, self.adapter, self.spec, self.plan, batch.segments, self._qpos)
+        return tap(self.envoy, self.adapter, self.recordables, self.plan, batch.segments, self._qpos)
 
     @torch.inference_mode()
     def run(self, batch: ModelInputs) -> list[dict[str, np.ndarray]]:
@@ -81,59 +79,61 @@ class Capture:
             return self.collect(batch, saved)
 
     def collect(self, batch: ModelInputs, saved: dict[Any, Any], n_positions: int | None = None) -> list[dict[str, np.ndarray]]:
-        """Per-example arrays (positions unpadded, padded to `n_positions` with NaN / -1)."""
+        """Per-example arrays (positions unpadded, padded to `n_positions` with NaN / -1), one per selected recordable."""
         segs = batch.segments.cpu()
-        index = unpadded_index(segs)
-        lengths = [int(ix.numel()) for ix in index]
-        size = n_positions or max(lengths)
         qpos = self._qpos.cpu() if self._qpos is not None else query_positions(segs, self.spec.max_answer_tokens)
-        attn = self.recorder.results
-        n_visual = [int((row == Segment.VISUAL).sum()) for row in segs]
-        units = self.adapter.visual_units(batch)
-        per_flat: dict[str, list[torch.Tensor]] = {}
-        for name in ("vision_out", "projector_in", "projector_out"):
-            if name in saved:
-                per_flat[name] = _split_per_example(saved[name], units, len(lengths))
-        out: list[dict[str, np.ndarray]] = []
-        for b, ix in enumerate(index):
-            row: dict[str, np.ndarray] = {}
-            seg_row = to_unpadded(segs[b].to(torch.float32), ix, 0, size, fill=-1).to(torch.int8)
-            row["seq_len"] = np.int32(lengths[b])
-            row["segment_ids"] = seg_row.numpy()
-            row["query_position"] = remap_positions(qpos[b], ix).to(torch.int32).numpy()
-            if self.spec.attn_share:
-                row["attn_share"] = self._by_layer(self.attn_layers, lambda i: attn[i].share[b])
-            if self.spec.attn_pattern:
-                row["attn_pattern"] = self._by_layer(self.attn_layers, lambda i: to_unpadded(attn[i].rows[b].float().cpu(), ix, -1, size))
-            if self.spec.keys:
-                row["hook_rot_k"] = self._by_layer(self.kq_layers, lambda i: to_unpadded(attn[i].keys[b].float().cpu(), ix, 1, size))
-            if self.spec.queries:
-                row["hook_rot_q"] = self._by_layer(self.kq_layers, lambda i: to_unpadded(attn[i].queries[b].float().cpu(), ix, 1, size))
-            if "query" in self.spec.resid:
-                row["hook_resid_post"] = self._by_layer(self.resid_layers, lambda i: saved[("resid_query", i)][b])
-            if "pooled" in self.spec.resid:
-                row["hook_resid_post_pooled"] = self._by_layer(self.resid_layers, lambda i: saved[("resid_pooled", i)][b])
-            if "tokens" in self.spec.resid:
-                row["hook_resid_post_tokens"] = self._by_layer(
-                    self.resid_layers, lambda i: to_unpadded(saved[("resid_tokens", i)][b].cpu(), ix, 0, size)
-                )
-            for name, parts in per_flat.items():
-                row[name] = parts[b].cpu().numpy()
-            row["n_vtoken"] = np.int32(n_visual[b])
-            out.append(row)
-        return out
-
-    def _by_layer(self, chosen: tuple[int, ...], get: Any) -> np.ndarray:
-        """Stack one value per store layer (`self.layers`); NaN at layers this variable skips."""
-        parts = {i: get(i).detach().float().cpu() for i in chosen}
-        nan = torch.full_like(next(iter(parts.values())), float("nan"))
-        return torch.stack([parts.get(i, nan) for i in self.layers]).numpy()
+        view = BatchView(self.adapter, batch, saved, self.recorder.results, self.layers, qpos, n_positions)
+        return [{r.name: r.row(view, b) for r in self.recordables} for b in range(len(view.lengths))]
 
 
-def _split_per_example(value: torch.Tensor, units: list[int], batch: int) -> list[torch.Tensor]:
-    """One [rows, d] tensor per example from a projector / vision tensor (`units`: ModelAdapter.visual_units)."""
-    value = value.detach()
-    # one row per example (e.g. a CLIP tower's [batch, 1 + patches, d]): rows per unit need not be whole
-    if value.dim() == 3 and value.shape[0] == batch and len(set(units)) == 1:
-        return [value[b] for b in range(batch)]
-    return split_rows(value, units)
+class BatchView:
+    """What a recordable's `row` reads for one batch: unpadding, the selected layers, tap and attention results."""
+
+    def __init__(self, adapter: ModelAdapter, batch: ModelInputs, saved: dict[Any, Any], attention: dict[int, Any],
+                 layers: tuple[int, ...], qpos: torch.Tensor, n_positions: int | None) -> None:
+        self.adapter, self.batch, self.saved, self.attention, self.layers = adapter, batch, saved, attention, layers
+        self.segments = batch.segments.cpu()
+        self.index = unpadded_index(self.segments)
+        self.lengths = [int(ix.numel()) for ix in self.index]
+        self.size = n_positions or max(self.lengths)
+        self.qpos = qpos
+        self.n_visual = [int((row == Segment.VISUAL).sum()) for row in self.segments]
+        self._visual: dict[str, list[torch.Tensor]] = {}
+        self._layout: list[Any] | None = None
+
+    def token_ids(self, b: int) -> np.ndarray:
+        """Example `b`'s input ids at its unpadded positions, -1 beyond: [size] int64."""
+        ids = self.batch.inputs["input_ids"][b].cpu()
+        return to_unpadded(ids, self.index[b], 0, self.size, fill=-1).numpy().astype(np.int64)
+
+    def token_strings(self, b: int) -> np.ndarray:
+        """Example `b`'s tokens decoded one by one (as the vocab group decodes them), "" beyond: [size] str."""
+        ids = self.token_ids(b)
+        n = self.lengths[b]
+        words = self.adapter.processor.tokenizer.batch_decode([[int(i)] for i in ids[:n]])
+        return np.array(words + [""] * (len(ids) - n), dtype=object).astype(np.dtypes.StringDType())
+
+    def unpad(self, x: torch.Tensor, b: int, position_axis: int | None, fill: float = float("nan")) -> torch.Tensor:
+        """Example `b`'s tensor with padding removed along `position_axis` (None: no position axis), on the CPU."""
+        x = x.detach().float().cpu()
+        return x if position_axis is None else to_unpadded(x, self.index[b], position_axis, self.size, fill=fill)
+
+    def query_positions(self, b: int) -> np.ndarray:
+        return remap_positions(self.qpos[b], self.index[b]).to(torch.int32).numpy()
+
+    def by_layer(self, get: Any) -> np.ndarray:
+        """One value per selected layer, stacked along a leading layer axis."""
+        return torch.stack([get(i).detach().float().cpu() for i in self.layers]).numpy()
+
+    def visual(self, name: str, site: str) -> list[torch.Tensor]:
+        """Per example [rows, d] of the tap `name` at visual site `site`, in the order the decoder sees the tokens."""
+        if name not in self._visual:
+            self._visual[name] = self.adapter.visual_rows(site, self.saved[name], self.batch)
+        return self._visual[name]
+
+    @property
+    def layout(self) -> list[Any]:
+        """Per example, the VisualLayout of its visual positions (tile, grid place, boxes, image size)."""
+        if self._layout is None:
+            self._layout = self.adapter.visual_layout(self.batch)
+        return self._layout

@@ -8,14 +8,17 @@ from pathlib import Path
 
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 RESID_KINDS = ("query", "pooled", "tokens")
+_REPLACED_BY_LAYERS = ("kq_layers", "resid_layers")
 
 
 @dataclass(frozen=True)
 class CaptureSpec:
-    """What to record. Layer selections are decoder-layer indices; None means every layer.
+    """What to record. `layers`: the decoder layers every per-layer quantity is recorded at (None: all);
+    the store's `layer` dim holds exactly these, for every per-layer variable.
 
     Attention statistics (`attn_share`, `attn_pattern`) are always float32; the other tensors
     are stored in `dtype`. Memory and disk grow with what is asked, not with T².
+    `extra` names further recordables (probe.capture.recordables) that have no field of their own.
     """
 
     layers: tuple[int, ...] | None = None
@@ -24,12 +27,11 @@ class CaptureSpec:
     max_answer_tokens: int = 8
     keys: bool = False
     queries: bool = False
-    kq_layers: tuple[int, ...] | None = None
     resid: tuple[str, ...] = ("query", "pooled")
-    resid_layers: tuple[int, ...] | None = None
     projector: bool = True
     vision: bool = False
     vocab: bool = False  # the decoder's input embeddings + decoded vocabulary, once per store (group 'vocab')
+    extra: tuple[str, ...] = ()
     dtype: str = "float16"
     blockwise_above: int = 1024  # sequences longer than this never hold a T×T tensor per layer
     block_size: int = 256
@@ -42,10 +44,9 @@ class CaptureSpec:
         bad = [k for k in self.resid if k not in RESID_KINDS]
         if bad:
             raise ValueError(f"resid kinds must be among {RESID_KINDS}, got {bad}")
-        for name in ("layers", "kq_layers", "resid_layers"):
-            sel = getattr(self, name)
-            if sel is not None and (len(sel) == 0 or any(int(i) < 0 for i in sel)):
-                raise ValueError(f"{name} must be None or non-empty non-negative layer indices, got {sel}")
+        sel = self.layers
+        if sel is not None and (len(sel) == 0 or any(int(i) < 0 for i in sel)):
+            raise ValueError(f"layers must be None or non-empty non-negative layer indices, got {sel}")
         if self.max_answer_tokens < 0:
             raise ValueError(f"max_answer_tokens must be >= 0, got {self.max_answer_tokens}")
         if self.block_size < 1 or self.blockwise_above < 1 or self.batch_size < 1:
@@ -74,6 +75,10 @@ class CaptureSpec:
         raw = json.loads(text)
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
+        legacy = sorted(unknown & set(_REPLACED_BY_LAYERS))
+        if legacy:
+            raise ValueError(f"CaptureSpec fields {legacy} were replaced by one `layers` selection for every "
+                             "per-layer quantity (store schema 2)")
         if unknown:
             raise ValueError(f"unknown CaptureSpec fields: {sorted(unknown)}")
         for k, v in raw.items():

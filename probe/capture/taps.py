@@ -7,6 +7,7 @@ empty invoke (`with tracer.invoke(): ...`), which nnsight applies to the whole b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,7 @@ import nnsight
 import torch
 from torch import nn
 
-from probe.capture.reduce import gather_positions, pool_segments
-from probe.capture.spec import CaptureSpec
+from probe.capture.recordables import MODULE, Recordable
 from probe.models.base import ModelAdapter
 
 
@@ -53,17 +53,15 @@ def _dfs_order(model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
     return pre, post
 
 
-def plan_taps(adapter: ModelAdapter, spec: CaptureSpec) -> TapPlan:
-    """Order the requested sites by when the forward pass reaches them (nnsight requires it)."""
+def plan_taps(adapter: ModelAdapter, recordables: Sequence[Recordable], layers: Sequence[int]) -> TapPlan:
+    """The module sites the MODULE recordables read, ordered by when the forward pass reaches them (nnsight requires it)."""
     wanted: list[tuple[str, str, int | None]] = []
-    if spec.vision:
-        wanted.append(("vision.out", "output", None))
-    if spec.projector:
-        wanted.append(("projector.in", "input", None))
-        wanted.append(("projector.out", "output", None))
-    if spec.resid:
-        for i in spec.resolve_layers(spec.resid_layers, adapter.num_layers):
-            wanted.append(("lm.layer.{i}.resid", "output", i))
+    for rec in recordables:
+        if rec.source != MODULE:
+            continue
+        for i in (layers if "{i}" in rec.site else (None,)):
+            if (rec.site, rec.io, i) not in wanted:
+                wanted.append((rec.site, rec.io, i))
     pre, post = _dfs_order(adapter.model)
 
     def when(event: tuple[str, str, int | None]) -> int:
@@ -76,42 +74,18 @@ def plan_taps(adapter: ModelAdapter, spec: CaptureSpec) -> TapPlan:
     return TapPlan(tuple(sorted(wanted, key=when)))
 
 
-def _first_tensor(value: Any) -> torch.Tensor:
-    """The main tensor of a module output or input (tuples, ModelOutputs, args/kwargs pairs)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if hasattr(value, "last_hidden_state") and value.last_hidden_state is not None:
-        return value.last_hidden_state
-    if hasattr(value, "pooler_output") and value.pooler_output is not None:  # Qwen-VL visual towers
-        return value.pooler_output
-    if isinstance(value, (tuple, list)) and value:
-        return _first_tensor(value[0])
-    if isinstance(value, dict) and value:
-        return _first_tensor(next(iter(value.values())))
-    raise TypeError(f"cannot find a tensor in {type(value).__name__}")
-
-
-def tap(envoy: Any, adapter: ModelAdapter, spec: CaptureSpec, plan: TapPlan, segments: torch.Tensor,
-        query_positions: torch.Tensor) -> dict[str, Any]:
+def tap(envoy: Any, adapter: ModelAdapter, recordables: Sequence[Recordable], plan: TapPlan, segments: torch.Tensor,
+        query_positions: torch.Tensor) -> dict[Any, Any]:
     """Request every planned site inside an nnsight trace; returns saved, already-reduced tensors.
 
     segments: [batch, seq]; query_positions: [batch, Q] padded positions (-1 absent).
-    Keys of the result: "vision_out", "projector_in", "projector_out", and per layer i
-    ("resid_query", i), ("resid_pooled", i), ("resid_tokens", i).
+    Keys of the result: the recordable's name, or (name, layer) for per-layer sites.
     """
     saved: dict[Any, Any] = {}
     for site, kind, i in plan.events:
         node = envoy_at(envoy, adapter.sites[site].format(i=i))
-        value = node.input if kind == "input" else node.output
-        if site == "lm.layer.{i}.resid":
-            hidden = _first_tensor(value)
-            if "query" in spec.resid:
-                saved[("resid_query", i)] = gather_positions(hidden, query_positions)
-            if "pooled" in spec.resid:
-                saved[("resid_pooled", i)] = pool_segments(hidden, segments)
-            if "tokens" in spec.resid:
-                saved[("resid_tokens", i)] = hidden.detach().to(torch.float32)
-        else:
-            name = {"vision.out": "vision_out", "projector.in": "projector_in", "projector.out": "projector_out"}[site]
-            saved[name] = _first_tensor(value).detach().to(torch.float32)
+        tensor = adapter.site_tensor(site, node.input if kind == "input" else node.output)
+        for rec in recordables:
+            if rec.source == MODULE and rec.site == site and rec.io == kind:
+                saved[rec.name if i is None else (rec.name, i)] = rec.reduce(tensor, segments, query_positions)
     return nnsight.save(saved)

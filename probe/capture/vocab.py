@@ -5,13 +5,13 @@ Projector drift relative to the decoder's embedding space needs them, and analys
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from probe.models.base import ModelAdapter
+from probe.store import TraceStore
 
 VOCAB_GROUP = "vocab"
 
@@ -30,7 +30,5 @@ def vocab_dataset(adapter: ModelAdapter, dtype: str = "float16") -> xr.Dataset:
 
 
 def write_vocab(adapter: ModelAdapter, store: str | Path, dtype: str = "float16") -> None:
-    """Write the 'vocab' group into an existing store (replacing one already there)."""
-    with warnings.catch_warnings():  # fixed-width strings have no zarr v3 spec yet; xarray reads them back fine
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        vocab_dataset(adapter, dtype).to_zarr(Path(store), group=VOCAB_GROUP, mode="w", consolidated=False)
+    """Write the 'vocab' group into an existing store (replacing one already there), through the store's writer."""
+    TraceStore.open(store).write_group(VOCAB_GROUP, vocab_dataset(adapter, dtype), {"dtype": dtype})

@@ -14,7 +14,8 @@ class Example:
     """An (image, prompt, optional answer) triple with its labels.
 
     `image` is a path (loaded lazily by `load_image`) or an already-open PIL image;
-    `condition` names the image condition (real, blank, mismatched, ...).
+    `condition` names the image condition (real, blank, mismatched, ...); `group` names the
+    independent unit for resampling (None: the image path, so one image asked in two languages is one unit).
     """
 
     id: str
@@ -26,3 +27,4 @@ class Example:
     question_type: str = "unknown"
     image_dependent: bool | None = None
     labels: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None

@@ -1,11 +1,17 @@
-"""Behavioural visual dependence: accuracy with real / blank / mismatched images, per language and question type."""
+"""Behavioural visual dependence: accuracy with real / blank / mismatched images, per language and question type.
+
+Every row has one scoring rule (see probe.eval.candidates): 'ranked' (the best of K candidates; chance is
+the mean of 1/K, exact) or 'open' (greedy decoding, normalised exact match; no chance level). Every
+share carries a percentile interval from a cluster bootstrap over the independent unit (the example's
+`group`, else its image), so an image asked in two languages counts once.
+"""
 
 from __future__ import annotations
 
+import json
 import random
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +20,49 @@ from PIL import Image
 from rich.table import Table
 
 from probe.data.example import Example
-from probe.eval.predict import greedy_answers, normalise, rank_choices
+from probe.eval.candidates import Candidates, ChoicesTable, check_answer, checked_choices, plan_candidates
+from probe.analysis.stats import BootstrapConfig
+from probe.eval.intervals import cluster_share_ci
+from probe.eval.normalise import answers_match, normalise
+from probe.eval.predict import greedy_answers, rank_choices
 from probe.models.base import ModelAdapter
 
 CONDITIONS: tuple[str, ...] = ("real", "blank", "mismatched")
+KINDS: tuple[str, ...] = ("image", "text")
 ChoiceFn = Callable[[Example], "list[str] | None"]
 
 
-def default_choices(ex: Example) -> list[str] | None:
-    """Candidate answers: labels['choices'] if given, else the synthetic set's answers, else None (greedy)."""
-    given = ex.labels.get("choices")
-    if given:
-        return [str(c) for c in given]
-    from probe.data.synth import answer_choices
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation, saved in the result's attrs."""
 
-    try:
-        cands = answer_choices(ex.lang, ex.question_type)
-    except ValueError:
-        return None
-    return cands if ex.answer is None or ex.answer in cands else None
+    batch_size: int = 32
+    blank_color: tuple[int, int, int] = (0, 0, 0)
+    seed: int = 0
+    max_choices: int = 20
+    choices_file: str = ""
+    intervals: BootstrapConfig = BootstrapConfig()
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+        if len(self.blank_color) != 3 or not all(0 <= int(c) <= 255 for c in self.blank_color):
+            raise ValueError(f"EvalConfig.blank_color must be three 0..255 values, got {self.blank_color}")
+        if self.max_choices < 2:
+            raise ValueError(f"EvalConfig.max_choices must be >= 2, got {self.max_choices}")
+
+
+def unit_of(ex: Example) -> str:
+    """The independent resampling unit: the example's `group` (field or label), else its image path, else its id."""
+    group = getattr(ex, "group", None) or ex.labels.get("group")
+    if group:
+        return str(group)
+    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
+
+
+def _image_dependent(ex: Example) -> bool:
+    """Image-dependent unless the manifest says otherwise (a missing flag counts as dependent; the table says so)."""
+    return ex.image_dependent is not False
 
 
 def _open(ex: Example) -> Image.Image:
@@ -44,28 +74,35 @@ def _open(ex: Example) -> Image.Image:
         return im.convert("RGB")
 
 
-def mismatch_partners(examples: Sequence[Example], seed: int = 0) -> list[int | None]:
-    """For each example, another with the same lang, question_type and image_dependent flag but a different answer."""
+def mismatch_partners(
+    examples: Sequence[Example], seed: int = 0, candidates: Sequence[Candidates] | None = None
+) -> list[int | None]:
+    """For each example, another with the same lang, question_type and image_dependent flag, a different image and
+    a different answer (one of the example's own candidates when it is ranked)."""
     rng = random.Random(seed)
     groups: dict[tuple, list[int]] = {}
-    key = lambda ex: (ex.lang, ex.question_type, bool(ex.image_dependent))  # noqa: E731
+    key = lambda ex: (ex.lang, ex.question_type, _image_dependent(ex))  # noqa: E731
     for i, ex in enumerate(examples):
         groups.setdefault(key(ex), []).append(i)
     partners: list[int | None] = []
     for i, ex in enumerate(examples):
+        allowed = None
+        if candidates is not None and candidates[i].choices is not None:
+            allowed = {normalise(c) for c in candidates[i].choices}
         pool = [j for j in groups[key(ex)]
-                if normalise(examples[j].answer or "") != normalise(ex.answer or "") and examples[j].image != ex.image]
+                if normalise(examples[j].answer or "") != normalise(ex.answer or "") and examples[j].image != ex.image
+                and (allowed is None or normalise(examples[j].answer or "") in allowed)]
         partners.append(rng.choice(pool) if pool else None)
     return partners
 
 
-def _predict(adapter: ModelAdapter, examples: list[Example], choices: list[list[str] | None],
+def _predict(adapter: ModelAdapter, examples: list[Example], cands: Sequence[Candidates],
              batch_size: int, progress: bool) -> list[str]:
-    ranked = [i for i, c in enumerate(choices) if c]
-    greedy = [i for i, c in enumerate(choices) if not c]
+    ranked = [i for i, c in enumerate(cands) if c.choices is not None]
+    greedy = [i for i, c in enumerate(cands) if c.choices is None]
     preds = [""] * len(examples)
     if ranked:
-        out = rank_choices(adapter, [examples[i] for i in ranked], [choices[i] for i in ranked],
+        out = rank_choices(adapter, [examples[i] for i in ranked], [list(cands[i].choices) for i in ranked],
                            batch_size=batch_size, progress=progress)
         for i, p in zip(ranked, out):
             preds[i] = p
@@ -76,43 +113,66 @@ def _predict(adapter: ModelAdapter, examples: list[Example], choices: list[list[
     return preds
 
 
+def _from_choice_fn(examples: Sequence[Example], choices: ChoiceFn) -> list[Candidates]:
+    """Candidates from a caller's function (a list ranks, None scores open-ended); one rule per (lang, question type)."""
+    out = [Candidates(checked_choices(c, f"example {ex.id!r} choices function"), "function") if c
+           else Candidates(None, "none") for ex, c in ((ex, choices(ex)) for ex in examples)]
+    rules: dict[tuple[str, str], set[str]] = {}
+    for ex, c in zip(examples, out):
+        rules.setdefault((ex.lang, ex.question_type), set()).add(c.rule)
+    mixed = [k for k, v in rules.items() if len(v) > 1]
+    if mixed:
+        raise ValueError(f"lang={mixed[0][0]!r} question_type={mixed[0][1]!r}: the choices function ranks some examples "
+                         "and leaves others open-ended; one row cannot mix scoring rules")
+    for ex, c in zip(examples, out):
+        check_answer(ex, c)
+    return out
+
+
 def evaluate_dependence(
     adapter: ModelAdapter,
     examples: Sequence[Example],
     *,
     batch_size: int = 32,
     choices: ChoiceFn | None = None,
+    choices_file: str | Path | ChoicesTable | None = None,
+    max_choices: int = 20,
     blank_color: tuple[int, int, int] = (0, 0, 0),
     seed: int = 0,
+    intervals: BootstrapConfig = BootstrapConfig(),
     progress: bool = True,
 ) -> xr.Dataset:
-    """Per-example predictions under each image condition, and their aggregates per lang x question_type.
+    """Per-example predictions under each image condition, and their aggregates per lang x question_type x kind.
 
+    Candidates: `choices(example)` when given, else probe.eval.candidates.plan_candidates (labels.choices,
+    `choices_file` as {lang: {question_type: [answers]}}, the manifest's answers, else open-ended).
     visual_dependence: share of image-dependent questions answered correctly with the real image AND
-    answered with the mismatched image's answer when shown another example's image.
+    answered with the other image's answer when shown another example's image.
     """
+    config = EvalConfig(batch_size=batch_size, blank_color=tuple(blank_color), seed=seed, max_choices=max_choices,
+                        choices_file="" if choices_file is None or isinstance(choices_file, Mapping) else str(choices_file),
+                        intervals=intervals)
     examples = list(examples)
+    if not examples:
+        raise ValueError("evaluate_dependence: no examples")
     bad = [ex.id for ex in examples if ex.answer is None]
     if bad:
         raise ValueError(f"evaluate_dependence: example {bad[0]!r} has no reference answer")
-    if not examples:
-        raise ValueError("evaluate_dependence: no examples")
-    choose = choices or default_choices
-    cands = [choose(ex) for ex in examples]
-    partners = mismatch_partners(examples, seed)
+    cands = (_from_choice_fn(examples, choices) if choices is not None
+             else plan_candidates(examples, choices_file=choices_file, max_choices=max_choices))
+    partners = mismatch_partners(examples, seed, cands)
     reals = [replace(ex, image=_open(ex), condition="real") for ex in examples]
-    blanks = [replace(ex, image=Image.new("RGB", im.image.size, blank_color), condition="blank")
+    blanks = [replace(ex, image=Image.new("RGB", im.image.size, config.blank_color), condition="blank")
               for ex, im in zip(examples, reals)]
     mism = [replace(ex, image=reals[j].image if j is not None else reals[i].image, condition="mismatched")
             for i, (ex, j) in enumerate(zip(examples, partners))]
     preds = {cond: _predict(adapter, exs, cands, batch_size, progress)
              for cond, exs in zip(CONDITIONS, (reals, blanks, mism))}
-    truth = [normalise(ex.answer) for ex in examples]
-    other = [normalise(examples[j].answer) if j is not None else None for j in partners]
-    correct = {c: np.array([normalise(p) == t for p, t in zip(preds[c], truth)]) for c in CONDITIONS}
-    has_partner = np.array([o is not None for o in other])
-    follows = np.array([o is not None and normalise(p) == o for p, o in zip(preds["mismatched"], other)])
-    dep = np.array([bool(ex.image_dependent) for ex in examples])
+    correct = {c: np.array([answers_match(p, ex.answer, ex.lang) for p, ex in zip(preds[c], examples)])
+               for c in CONDITIONS}
+    has_partner = np.array([j is not None for j in partners])
+    follows = np.array([j is not None and answers_match(p, examples[j].answer, ex.lang)
+                        for p, ex, j in zip(preds["mismatched"], examples, partners)])
     per_example = xr.Dataset(
         {
             "prediction": (("condition", "example"), np.array([preds[c] for c in CONDITIONS], dtype=str)),
@@ -120,64 +180,121 @@ def evaluate_dependence(
             "follows_mismatched": ("example", follows),
             "visually_dependent": ("example", correct["real"] & follows),
             "has_partner": ("example", has_partner),
-            "chance_example": ("example", np.array([1.0 / len(c) if c else np.nan for c in cands])),
+            "n_choices": ("example", np.array([len(c.choices or ()) for c in cands], dtype=np.int64)),
+            "chance_example": ("example", np.array([1.0 / len(c.choices) if c.choices else np.nan for c in cands])),
         },
         coords={
             "condition": list(CONDITIONS),
             "example": np.array([ex.id for ex in examples], dtype=str),
             "example_lang": ("example", np.array([ex.lang for ex in examples], dtype=str)),
             "example_question_type": ("example", np.array([ex.question_type for ex in examples], dtype=str)),
-            "example_image_dependent": ("example", dep),
+            "example_image_dependent": ("example", np.array([_image_dependent(ex) for ex in examples])),
             "example_answer": ("example", np.array([ex.answer for ex in examples], dtype=str)),
+            "example_group": ("example", np.array([unit_of(ex) for ex in examples], dtype=str)),
+            "example_rule": ("example", np.array([c.rule for c in cands], dtype=str)),
+            "example_source": ("example", np.array([c.source for c in cands], dtype=str)),
         },
     )
-    return per_example.merge(_aggregate(per_example))
+    ds = per_example.merge(_aggregate(per_example, config.intervals))
+    ds.attrs["eval_config"] = json.dumps(asdict(config))
+    ds.attrs["image_dependent_missing"] = int(sum(ex.image_dependent is None for ex in examples))
+    return ds
 
 
-def _aggregate(ds: xr.Dataset) -> xr.Dataset:
+def _aggregate(ds: xr.Dataset, intervals: BootstrapConfig) -> xr.Dataset:
+    """Shares with intervals per lang x question_type (plus 'all' when its types share a rule) x kind."""
     langs = sorted(set(ds["example_lang"].values.tolist()))
     qtypes = sorted(set(ds["example_question_type"].values.tolist())) + ["all"]
-    kinds = ["image", "text"]
-    shape = (len(langs), len(qtypes), len(kinds))
-    acc = np.full((len(CONDITIONS), *shape), np.nan)
+    shape = (len(langs), len(qtypes), len(KINDS))
+    acc, acc_lo, acc_hi = (np.full((len(CONDITIONS), *shape), np.nan) for _ in range(3))
     chance = np.full(shape, np.nan)
     count = np.zeros(shape, dtype=np.int64)
-    vd = np.full((len(langs), len(qtypes)), np.nan)
-    lang = ds["example_lang"].values
-    qt = ds["example_question_type"].values
-    dep = ds["example_image_dependent"].values
+    units_n = np.zeros(shape, dtype=np.int64)
+    vd, vd_lo, vd_hi = (np.full(shape[:2], np.nan) for _ in range(3))
+    vd_n = np.zeros(shape[:2], dtype=np.int64)
+    rule = np.full(shape[:2], "", dtype=object)
+    source = np.full(shape[:2], "", dtype=object)
+    k_min = np.zeros(shape[:2], dtype=np.int64)
+    k_max = np.zeros(shape[:2], dtype=np.int64)
+    lang, qt = ds["example_lang"].values, ds["example_question_type"].values
+    dep, units = ds["example_image_dependent"].values, ds["example_group"].values
+    rules, sources, k = ds["example_rule"].values, ds["example_source"].values, ds["n_choices"].values
     for a, lg in enumerate(langs):
         for b, q in enumerate(qtypes):
-            for c, kind in enumerate(kinds):
-                m = (lang == lg) & ((qt == q) | (q == "all")) & (dep == (kind == "image"))
+            in_row = (lang == lg) & ((qt == q) | (q == "all"))
+            if not in_row.any():  # this language has no question of this type: rule and source stay ''
+                continue
+            row_rules = sorted(set(rules[in_row].tolist()))
+            if len(row_rules) != 1:  # only 'all' can get here: its question types are scored differently
+                rule[a, b] = "mixed"
+                continue
+            rule[a, b] = row_rules[0]
+            source[a, b] = "+".join(sorted(set(sources[in_row].tolist())))
+            k_min[a, b], k_max[a, b] = int(k[in_row].min()), int(k[in_row].max())
+            for c, kind in enumerate(KINDS):
+                m = in_row & (dep == (kind == "image"))
                 count[a, b, c] = int(m.sum())
-                if m.any():
-                    acc[:, a, b, c] = ds["correct"].values[:, m].mean(axis=1)
-                    chance[a, b, c] = np.nanmean(ds["chance_example"].values[m])
-                    if kind == "image":
-                        pm = m & ds["has_partner"].values
-                        if pm.any():
-                            vd[a, b] = ds["visually_dependent"].values[pm].mean()
+                if not m.any():
+                    continue
+                units_n[a, b, c] = len(set(units[m].tolist()))
+                acc[:, a, b, c], acc_lo[:, a, b, c], acc_hi[:, a, b, c] = cluster_share_ci(
+                    ds["correct"].values[:, m], units[m], intervals)
+                if rule[a, b] == "ranked":
+                    chance[a, b, c] = float(ds["chance_example"].values[m].mean())
+                if kind == "image":
+                    pm = m & ds["has_partner"].values
+                    vd_n[a, b] = int(pm.sum())
+                    if pm.any():
+                        v, lo, hi = cluster_share_ci(ds["visually_dependent"].values[pm][None], units[pm], intervals)
+                        vd[a, b], vd_lo[a, b], vd_hi[a, b] = v[0], lo[0], hi[0]
+    dims3 = ("condition", "lang", "question_type", "kind")
+    dims2 = ("lang", "question_type")
     return xr.Dataset(
         {
-            "accuracy": (("condition", "lang", "question_type", "kind"), acc),
-            "chance": (("lang", "question_type", "kind"), chance),
-            "n": (("lang", "question_type", "kind"), count),
-            "visual_dependence": (("lang", "question_type"), vd),
+            "accuracy": (dims3, acc), "accuracy_low": (dims3, acc_lo), "accuracy_high": (dims3, acc_hi),
+            "chance": (dims3[1:], chance),
+            "n": (dims3[1:], count),
+            "n_units": (dims3[1:], units_n),
+            "visual_dependence": (dims2, vd), "visual_dependence_low": (dims2, vd_lo),
+            "visual_dependence_high": (dims2, vd_hi), "n_dependence": (dims2, vd_n),
+            "rule": (dims2, rule.astype(str)), "source": (dims2, source.astype(str)),
+            "k_min": (dims2, k_min), "k_max": (dims2, k_max),
         },
-        coords={"condition": list(CONDITIONS), "lang": langs, "question_type": qtypes, "kind": kinds},
+        coords={"condition": list(CONDITIONS), "lang": langs, "question_type": qtypes, "kind": list(KINDS)},
     )
+
+
+def _pct(x: float, lo: float = np.nan, hi: float = np.nan) -> str:
+    if np.isnan(x):
+        return "–"
+    if np.isnan(lo):
+        return f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def _scoring(ds: xr.Dataset, lg: str, q: str) -> tuple[str, str, str]:
+    """(scoring, candidates source, chance note) cells of a row."""
+    sel = {"lang": lg, "question_type": q}
+    if str(ds["rule"].sel(sel).item()) == "open":
+        return "open (exact match)", "none (greedy)", "n/a"
+    lo, hi = int(ds["k_min"].sel(sel)), int(ds["k_max"].sel(sel))
+    return f"ranked K={lo}" if lo == hi else f"ranked K={lo}–{hi}", str(ds["source"].sel(sel).item()), ""
 
 
 def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") -> Table:
-    """A rich table: one row per lang x question type x kind, accuracy per condition and visual dependence."""
-    table = Table(title=title)
-    for col in ("lang", "question", "kind", "n", "real", "blank", "mismatched", "chance", "visual dep."):
-        table.add_column(col, justify="left" if col in ("lang", "question", "kind") else "right")
-
-    def pct(x: float) -> str:
-        return "–" if np.isnan(x) else f"{100 * x:.1f}%"
-
+    """A rich table: one row per lang x question type x kind, with its scoring rule, candidate source and intervals."""
+    cfg = json.loads(ds.attrs.get("eval_config", "{}")).get("intervals", {})
+    ci = int(round(100 * cfg.get("ci", 0.95)))
+    caption = (f"\\[low, high]: {ci}% cluster-bootstrap interval over independent units (example group, else image); "
+               "candidates: labels = labels.choices, file = --choices, manifest = the manifest's answers, "
+               "function = the caller's choices function")
+    missing = int(ds.attrs.get("image_dependent_missing", 0))
+    if missing:
+        caption += f"; {missing} examples without image_dependent counted as image-dependent"
+    table = Table(title=title, caption=caption)
+    for col in ("lang", "question", "kind", "n", "units", "scoring", "candidates", "real", "blank", "mismatched",
+                "chance", "visual dep."):
+        table.add_column(col, justify="left" if col in ("lang", "question", "kind", "scoring", "candidates") else "right")
     for lg in ds["lang"].values:
         for q in ds["question_type"].values:
             for kind in ds["kind"].values:
@@ -185,23 +302,38 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
                 n = int(ds["n"].sel(sel))
                 if n == 0:
                     continue
-                acc = ds["accuracy"].sel(sel)
-                vd = float(ds["visual_dependence"].sel(lang=lg, question_type=q)) if kind == "image" else np.nan
-                table.add_row(str(lg), str(q), str(kind), str(n),
-                              *(pct(float(acc.sel(condition=c))) for c in CONDITIONS),
-                              pct(float(ds["chance"].sel(sel))), pct(vd))
+                scoring, source, chance_note = _scoring(ds, lg, q)
+                cells = [_pct(*(float(ds[v].sel(**sel, condition=c)) for v in ("accuracy", "accuracy_low", "accuracy_high")))
+                         for c in CONDITIONS]
+                vd = ""  # defined on image-dependent questions only
+                if kind == "image":
+                    vd = _pct(*(float(ds[v].sel(lang=lg, question_type=q))
+                                for v in ("visual_dependence", "visual_dependence_low", "visual_dependence_high")))
+                table.add_row(str(lg), str(q), str(kind), str(n), str(int(ds["n_units"].sel(sel))), scoring, source,
+                              *cells, chance_note or _pct(float(ds["chance"].sel(sel))), vd)
     return table
 
 
 def save_dependence(ds: xr.Dataset, path: str | Path, *, group: str | None = "eval") -> Path:
-    """Write the evaluation into zarr `path` (group 'eval' inside an existing store, or standalone)."""
+    """Write the evaluation into zarr `path` (group `group` inside a TraceStore, or a stand-alone zarr), crash-safely."""
+    from probe.store import TraceStore
+    from probe.store.groups import ensure_plain_group, write_dataset
+
     path = Path(path)
-    with warnings.catch_warnings():  # fixed-width strings have no zarr v3 spec yet; xarray reads them back fine
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        ds.to_zarr(path, group=group, mode="w", consolidated=False)
+    if group and TraceStore.exists(path):
+        TraceStore.open(path).write_group(group, ds)
+    elif group:
+        ensure_plain_group(path)  # a plain zarr root holding the group
+        write_dataset(path / group, ds, {}, scratch=path.parent / f".{path.name}.{group}")
+    else:
+        write_dataset(path, ds, {})
     return path
 
 
 def load_dependence(path: str | Path, *, group: str | None = "eval") -> xr.Dataset:
     """Read an evaluation written by `save_dependence`."""
+    from probe.store import TraceStore
+
+    if group and TraceStore.exists(path):
+        return TraceStore.open(path).read_group(group).load()
     return xr.open_zarr(path, group=group, consolidated=False).load()

@@ -2,39 +2,182 @@
 
 from __future__ import annotations
 
-import re
+import inspect
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
 
 from probe.data.example import Example
+from probe.eval.normalise import normalise
 from probe.models.base import ModelAdapter
+from probe.progress import progress_bar
+
+__all__ = ["answer_logprobs", "candidate_logprobs", "greedy_answers", "normalise", "rank_choices"]
 
 
-def normalise(text: str) -> str:
-    """Case- and punctuation-insensitive form of a short answer."""
-    return re.sub(r"[\s.,!?;:\"']+$", "", text.strip()).strip().lower()
+def _device(adapter: ModelAdapter) -> torch.device:
+    return next(adapter.model.parameters()).device
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) under each row of logits: [..., vocab], [...] -> [...] float32."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
 def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_size: int) -> list[float]:
-    """Summed log-probability of each example's `answer` tokens (the adapter's ANSWER labels) given the rest."""
-    device = next(adapter.model.parameters()).device
+    """Summed log-probability of each example's `answer` tokens (the adapter's ANSWER labels) given the rest.
+
+    One full forward per (example, answer): the reference `candidate_logprobs` is checked against.
+    """
+    device = _device(adapter)
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = adapter.build_inputs(chunk, padding_side="right").to(device)
         if batch.labels is None:
             raise ValueError("answer_logprobs: the adapter produced no labels (examples need answers)")
-        logits = adapter.model(**batch.inputs).logits.float()
+        logits = adapter.model(**batch.inputs).logits
         labels = batch.labels[:, 1:]
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        mask = labels != -100
-        tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out += (tok * mask).sum(dim=1).tolist()
+        tok = _token_logprobs(logits[:, :-1], labels)
+        out += (tok * (labels != -100)).sum(dim=1).tolist()
     return out
+
+
+class _Continuations:
+    """Each candidate string's tokens after the prompt (ids and label flags), learnt once from one full build.
+
+    The project's adapters append the answer's tokens to the prompt's (probe.models._inputs.assemble), so a
+    candidate's continuation does not depend on the prompt; the one build per candidate checks that the
+    prompt part of its row equals that example's prompt.
+    """
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        self.known: dict[str, tuple[list[int], list[bool]]] = {}
+
+    def get(self, example: Example, candidate: str, prompt_ids: list[int]) -> tuple[list[int], list[bool]] | None:
+        """(token ids, is-label flags) of the candidate's continuation; None when the build is not prompt + answer."""
+        if candidate not in self.known:
+            full = self.adapter.build_inputs([replace(example, answer=candidate)], padding_side="right")
+            if full.labels is None:
+                return None
+            ids = full.inputs["input_ids"][0].tolist()
+            labels = full.labels[0].tolist()
+            n = int(full.inputs["attention_mask"][0].sum()) if "attention_mask" in full.inputs else len(ids)
+            p = len(prompt_ids)
+            if ids[:p] != prompt_ids or p >= n:
+                return None
+            self.known[candidate] = (ids[p:n], [lab != -100 for lab in labels[p:n]])
+        return self.known[candidate]
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def _chunks(choices: Sequence[Sequence[str]], rows: int) -> list[range]:
+    """Consecutive example ranges whose candidates add up to at most `rows` (at least one example each)."""
+    out, start, total = [], 0, 0
+    for i, cands in enumerate(choices):
+        if i > start and total + len(cands) > rows:
+            out.append(range(start, i))
+            start, total = i, 0
+        total += len(cands)
+    if start < len(choices):
+        out.append(range(start, len(choices)))
+    return out
+
+
+@torch.no_grad()
+def _shared_prefix_chunk(
+    adapter: ModelAdapter, examples: Sequence[Example], choices: Sequence[Sequence[str]], cont: _Continuations
+) -> list[list[float]] | None:
+    """Scores of one chunk: the prompts run once (left-padded), every candidate continues from their KV cache.
+
+    None when this adapter/model cannot do it exactly (no explicit 1-D position ids, no KV cache), so the
+    caller falls back to one full forward per candidate.
+    """
+    model, device = adapter.model, _device(adapter)
+    prompts = adapter.build_inputs([replace(ex, answer=None) for ex in examples], padding_side="left").to(device)
+    inputs = prompts.inputs
+    pos = inputs.get("position_ids")
+    # transformers 5.x renames `past_key_values` to `cache` (both accepted until 5.40): use whichever forward names
+    cache_arg = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
+    if pos is None or pos.dim() != 2 or cache_arg is None:
+        return None  # positions derived inside the model (e.g. M-RoPE): continuing from the cache is not ours to do
+    mask = inputs["attention_mask"]
+    lengths = mask.sum(-1)
+    rows: list[tuple[int, list[int], list[bool]]] = []
+    for i, (ex, cands) in enumerate(zip(examples, choices)):
+        prompt_ids = inputs["input_ids"][i, mask.shape[1] - int(lengths[i]) :].tolist()
+        for c in cands:
+            got = cont.get(ex, c, prompt_ids)
+            if got is None:
+                return None
+            rows.append((i, *got))
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(**inputs, use_cache=True, **extra)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    first = out.logits[:, -1]  # left padding: the last column is every prompt's last token
+    width = max(len(ids) for _, ids, _ in rows)
+    owner = torch.tensor([i for i, _, _ in rows], device=device)
+    ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    flags = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    for r, (_, tok, lab) in enumerate(rows):
+        ids[r, : len(tok)] = torch.tensor(tok)
+        flags[r, : len(lab)] = torch.tensor(lab)
+    cont_mask = (torch.arange(width, device=device)[None] < torch.tensor([len(t) for _, t, _ in rows], device=device)[:, None])
+    cache.batch_select_indices(owner)  # each candidate row gets its prompt's keys and values
+    step = model(input_ids=ids, attention_mask=torch.cat([mask[owner], cont_mask.long()], dim=1),
+                 position_ids=lengths[owner, None] + torch.arange(width, device=device)[None],
+                 use_cache=True, **{cache_arg: cache})
+    # token m of a continuation is predicted by the prompt's last logits (m = 0) or the continuation's m-1
+    logits = torch.cat([first[owner, None], step.logits[:, :-1]], dim=1)
+    return _per_example((_token_logprobs(logits, ids) * flags).sum(dim=1).tolist(), choices)
+
+
+def _per_example(flat: list[float], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Split scores of the flattened (example, candidate) rows back per example."""
+    out, r = [], 0
+    for cands in choices:
+        out.append(flat[r : r + len(cands)])
+        r += len(cands)
+    return out
+
+
+def candidate_logprobs(
+    adapter: ModelAdapter,
+    examples: Sequence[Example],
+    choices: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Summed log-probability of every candidate answer of every example: [example][candidate].
+
+    Each prompt (image included) runs once; its K candidates continue from the prompt's KV cache in one
+    batch of at most `batch_size` candidate rows (more when one example has more candidates). Equal to
+    `answer_logprobs` on (example, candidate) pairs up to float round-off; adapters whose positions the
+    model derives itself (M-RoPE) use that full-forward path.
+    """
+    if len(examples) != len(choices):
+        raise ValueError(f"candidate_logprobs: {len(examples)} examples but {len(choices)} candidate lists")
+    cont = _Continuations(adapter)
+    scores: list[list[float]] = []
+    for span in progress_bar(_chunks(choices, batch_size), desc="rank", disable=not progress, leave=False):
+        exs, cands = [examples[i] for i in span], [choices[i] for i in span]
+        got = _shared_prefix_chunk(adapter, exs, cands, cont)
+        if got is None:
+            flat = [replace(ex, answer=c) for ex, cs in zip(exs, cands) for c in cs]
+            got = _per_example(answer_logprobs(adapter, flat, batch_size), cands)
+        scores += got
+    return scores
 
 
 def rank_choices(
@@ -45,19 +188,9 @@ def rank_choices(
     batch_size: int = 32,
     progress: bool = False,
 ) -> list[str]:
-    """For each example, the candidate answer with the highest log-likelihood."""
-    flat = [replace(ex, answer=c) for ex, cands in zip(examples, choices, strict=True) for c in cands]
-    scores: list[float] = []
-    step = batch_size * 8
-    for start in tqdm(range(0, len(flat), step), desc="rank", disable=not progress, leave=False):
-        scores += answer_logprobs(adapter, flat[start : start + step], batch_size)
-    preds: list[str] = []
-    i = 0
-    for cands in choices:
-        block = scores[i : i + len(cands)]
-        preds.append(cands[max(range(len(cands)), key=block.__getitem__)])
-        i += len(cands)
-    return preds
+    """For each example, the candidate answer with the highest log-likelihood (the first one on a tie)."""
+    scores = candidate_logprobs(adapter, examples, choices, batch_size=batch_size, progress=progress)
+    return [cands[max(range(len(cands)), key=block.__getitem__)] for cands, block in zip(choices, scores)]
 
 
 @torch.no_grad()
@@ -65,7 +198,7 @@ def greedy_answers(
     adapter: ModelAdapter, examples: Sequence[Example], *, batch_size: int = 16, max_new_tokens: int = 16
 ) -> list[str]:
     """Greedy-decoded answers (for examples without a candidate list)."""
-    device = next(adapter.model.parameters()).device
+    device = _device(adapter)
     tokenizer = getattr(adapter.processor, "tokenizer", adapter.processor)
     preds: list[str] = []
     for start in range(0, len(examples), batch_size):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -16,21 +17,51 @@ from probe.segments import Segment
 
 
 def load_image(example: Example) -> Image.Image:
-    """The example's image as RGB; BadExampleError when it is absent, missing or unreadable."""
+    """The example's image as 8-bit RGB; BadExampleError when it is absent, missing or unreadable.
+
+    High-bit-depth and float images are scaled to 8 bits (never clipped), see `to_rgb8`.
+    """
     image = example.image
     if image is None:
         raise BadExampleError(example.id, "has no image")
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb8(image, example.id)
     path = Path(image)
     if not path.is_file():
         raise BadExampleError(example.id, f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb8(img, example.id, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise BadExampleError(example.id, f"corrupt image {path}: {type(err).__name__}") from None
+
+
+def to_rgb8(image: Image.Image, example_id: str, path: Path | None = None) -> Image.Image:
+    """8-bit RGB; 16-bit, 32-bit and float grey images are scaled by their type's range.
+
+    PIL's own convert("RGB") clips such images (a 16-bit PNG becomes almost all white). Integer modes:
+    I;16* by 65535; I by 255, 65535 or 2^32-1, the smallest range holding its values. Float (F): values
+    in [0, 1] by 1, else by 255 or 65535 likewise. Negative or non-finite values are refused.
+    """
+    mode = image.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    where = f"image {path}" if path is not None else "image"
+    if values.size == 0 or not np.isfinite(values).all() or values.min() < 0:
+        raise BadExampleError(example_id, f"{where} ({mode}) has negative or non-finite values: cannot scale to 8 bits")
+    top = float(values.max())
+    if mode.startswith("I;16"):
+        scale = 65535.0
+    elif mode == "F" and top <= 1.0:
+        scale = 1.0
+    else:
+        scale = next((r for r in (255.0, 65535.0, 4294967295.0) if top <= r), None)
+        if scale is None:
+            raise BadExampleError(example_id, f"{where} ({mode}) has values above 2^32-1: cannot scale to 8 bits")
+    grey = np.rint(values * (255.0 / scale)).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def prompt_text(processor: Any, example: Example, placeholder: str) -> str:
@@ -131,9 +162,9 @@ def encode_examples(
     """
     out = Encoded()
     for ex in examples:
-        image = load_image(ex)
+        image, prompt = load_image(ex), text(ex)  # both raise their own BadExampleError, named once
         try:
-            enc = processor(images=images(image), text=[text(ex)], return_tensors="pt")
+            enc = processor(images=images(image), text=[prompt], return_tensors="pt")
         except ValueError as err:
             raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
         ids = enc["input_ids"][0].tolist()

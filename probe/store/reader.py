@@ -9,19 +9,24 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
-from probe.capture.spec import CaptureSpec
+
+from probe.store.groups import check_group_name, list_groups, read_group, write_group
+from probe.store.lock import store_lock
 from probe.store.schema import (
     COMMITTED_ATTR,
     LAYOUT_ATTR,
     MARKER_ATTR,
     SKIPPED_ATTR,
+    SCHEMA_VERSION,
     IncomparableStoresError,
     Layout,
+    StoreMismatchError,
     NotAStoreError,
     first_difference,
 )
@@ -69,6 +74,15 @@ def read_group_attrs(path: Path) -> dict[str, Any]:
     return attrs
 
 
+def check_schema_version(path: str | os.PathLike) -> None:
+    """StoreError (one line) unless the store at ``path`` was written with this schema version (needed to write it)."""
+    found = str(read_group_attrs(Path(path))[MARKER_ATTR])
+    if found != SCHEMA_VERSION:
+        raise StoreMismatchError(
+            f"store {path} has store schema version {found}; this visblind writes schema {SCHEMA_VERSION} and cannot "
+            "add to it: capture into a new path (the old store stays readable)")
+
+
 class TraceStore:
     """A TraceStore on disk: committed examples only, opened lazily with dask, chunked along `example`."""
 
@@ -90,6 +104,11 @@ class TraceStore:
         """Open lazily; NotAStoreError (one line) if ``path`` is not a TraceStore."""
         path = Path(path)
         return cls(path, read_group_attrs(path))
+
+    @property
+    def schema_version(self) -> str:
+        """The store schema version it was written with ("1" for stores before input tokens and groups)."""
+        return str(self._attrs[MARKER_ATTR])
 
     @property
     def n_examples(self) -> int:
@@ -126,15 +145,19 @@ class TraceStore:
         return json.loads(self._attrs.get(SKIPPED_ATTR, "[]"))
 
     @property
-    def capture_spec(self) -> CaptureSpec:
+    def capture_spec(self) -> dict[str, Any]:
+        """The capture spec the store was written with, as a dict (`CaptureSpec(**...)` in probe.capture)."""
         if "capture_spec" not in self._attrs:
             raise KeyError(f"store {self.path} has no capture_spec attr")
-        return CaptureSpec.from_json(self._attrs["capture_spec"])
+        return json.loads(self._attrs["capture_spec"])
 
     def check_comparable(self, other: "TraceStore") -> None:
         """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up."""
         a, b = self.layout, other.layout
         where = f"stores {self.path} and {other.path}"
+        va, vb = str(self._attrs.get(MARKER_ATTR)), str(other._attrs.get(MARKER_ATTR))
+        if va != vb:
+            raise IncomparableStoresError(f"{where} have store schema versions {va} and {vb}; capture both with one version")
         if "capture_spec" in self._attrs or "capture_spec" in other._attrs:
             sa = json.loads(self._attrs.get("capture_spec", "{}"))
             sb = json.loads(other._attrs.get("capture_spec", "{}"))
@@ -152,6 +175,56 @@ class TraceStore:
             diff = _dim_difference(dim, a, b)
             if diff:
                 raise IncomparableStoresError(f"{where}: dim {dim!r} {diff}")
+        self._check_same_tokens(other, where)
+
+    def _check_same_tokens(self, other: "TraceStore", where: str, block: int = 512) -> None:
+        """Shared examples must have the same token ids at their text positions (every non-visual, non-pad one)."""
+        need = ("input_ids", "segment_ids")
+        if not all(n in self.layout.variables and n in other.layout.variables for n in need):
+            return
+        ids_a, ids_b = self.example_ids, other.example_ids
+        where_b = {e: i for i, e in enumerate(ids_b)}
+        shared = [(i, where_b[e]) for i, e in enumerate(ids_a) if e in where_b]
+        skip_a, skip_b = _non_text_codes(self.layout), _non_text_codes(other.layout)
+        for start in range(0, len(shared), block):
+            part = shared[start : start + block]
+            ta = self._text_tokens([i for i, _ in part], skip_a)
+            tb = other._text_tokens([j for _, j in part], skip_b)
+            for (i, _), x, y in zip(part, ta, tb):
+                if not np.array_equal(x, y):
+                    raise IncomparableStoresError(
+                        f"{where}: example {ids_a[i]!r} was tokenised differently ({len(x)} vs {len(y)} text tokens"
+                        f"{_first_token_difference(x, y)}); capture both with the same processor and prompt format")
+
+    def _text_tokens(self, rows: list[int], skip: list[int]) -> list[np.ndarray]:
+        ds = self.dataset[["input_ids", "segment_ids"]].isel(example=rows).compute()
+        ids, seg = ds["input_ids"].values, ds["segment_ids"].values
+        return [ids[k][~np.isin(seg[k], skip)] for k in range(len(rows))]
+
+    # --- groups -----------------------------------------------------------------------------------------
+    def write_group(self, name: str, dataset: xr.Dataset, config: Any = None) -> None:
+        """Write `dataset` as sub-group `name` (`eval`, `vocab`, `analysis/<name>`, `runs/<name>` ...), whole or not at
+        all, replacing one of that name; `config` (a frozen dataclass or dict) is saved as JSON in its attrs."""
+        taken = set(self.layout.variables) | set(self.layout.coords) | set(self.layout.example_coords) | {"example"}
+        check_group_name(name, taken)
+        with store_lock(self.path, "write group " + repr(name)):
+            write_group(self.path, name, dataset, config)
+
+    def read_group(self, name: str) -> xr.Dataset:
+        """Sub-group `name` as a lazy Dataset (its config: `json.loads(ds.attrs["config"])`)."""
+        return read_group(self.path, name)
+
+    def groups(self) -> list[str]:
+        """Names of the sub-groups, sorted (e.g. ['analysis/attention', 'eval', 'vocab'])."""
+        return list_groups(self.path)
+
+    def tree(self) -> xr.DataTree:
+        """The captured examples at `capture` and every group at its path, as one lazy xarray DataTree.
+
+        The capture is a sibling of the groups, not their parent: a DataTree aligns children with their
+        parent, and groups have their own `example` (an eval runs over the whole manifest) and `layer` dims.
+        """
+        return xr.DataTree.from_dict({"capture": self.dataset, **{g: self.read_group(g) for g in self.groups()}})
 
     def summary(self) -> str:
         """Human-readable schema, per-variable size on disk and provenance (for `probe info`)."""
@@ -169,7 +242,7 @@ class TraceStore:
         lines.append(f"  on disk: {_human(_disk_bytes(self.path))} (variables {_human(total)})")
         lines.append("  example coords: " + (", ".join(lay.example_coords) or "-"))
         # groups written beside the capture: `probe eval` results, the decoder vocabulary
-        groups = [g for g in ("eval", "vocab") if (self.path / g / "zarr.json").is_file()]
+        groups = self.groups()
         if groups:
             lines.append("  groups: " + ", ".join(f"{g} ({_human(_disk_bytes(self.path / g))})" for g in groups))
         lines.append("  provenance:")
@@ -193,6 +266,19 @@ def open_store(path: str | os.PathLike) -> TraceStore:
 
 # Capture-spec fields that change how a pass runs (or what is stored once per store) but not per-example variables.
 _RUNTIME_SPEC_FIELDS = ("batch_size", "padding_side", "blockwise_above", "block_size", "vocab")
+
+
+def _non_text_codes(layout: Layout) -> list[int]:
+    """Segment codes that are not text (visual rows, padding, past the end): their ids are not compared."""
+    names = layout.coords.get("segment", [])
+    return [-1] + [k for k, n in enumerate(names) if n in ("pad", "visual")]
+
+
+def _first_token_difference(x: np.ndarray, y: np.ndarray) -> str:
+    n = min(len(x), len(y))
+    diff = np.nonzero(x[:n] != y[:n])[0]
+    k = int(diff[0]) if diff.size else n
+    return f", first at text token {k}"
 
 
 def _comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -9,16 +9,18 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1"
-STORE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+SCHEMA_VERSION = "2"  # 2: input_ids/token, group coord, one layer selection, groups, writer lock
+STORE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 EXAMPLE_COORD_DTYPES = ("str", "bool", "int64", "float64")
 # Group attributes owned by the store itself (not provenance).
 MARKER_ATTR = "visblind_store"
 LAYOUT_ATTR = "_visblind_layout"
 COMMITTED_ATTR = "_visblind_committed"
 SKIPPED_ATTR = "skipped"
-# Provenance attrs that may differ between an interrupted run and its resumption.
-VOLATILE_ATTRS = frozenset({"created", "versions", SKIPPED_ATTR, LAYOUT_ATTR, COMMITTED_ATTR, MARKER_ATTR})
+# Provenance attrs that may differ between an interrupted run and its resumption: times, versions, and the
+# names a model, LoRA adapter or manifest were given by (the weights hash identifies the weights).
+VOLATILE_ATTRS = frozenset({"created", "versions", "model_id", "lora_adapter", "manifest", SKIPPED_ATTR,
+                            LAYOUT_ATTR, COMMITTED_ATTR, MARKER_ATTR})
 DEFAULT_MAX_CHUNK_BYTES = 64 * 2**20
 
 
@@ -60,6 +62,8 @@ class VariableSpec:
         if self.dtype not in STORE_DTYPES:
             raise ValueError(f"VariableSpec dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         kind = np.dtype(self.storage_dtype).kind
+        if self.dtype == "str" and not isinstance(self.fill, str):
+            raise ValueError(f"str VariableSpec needs a str fill, got {self.fill!r}")
         if kind in "iu" and (isinstance(self.fill, float) and not float(self.fill).is_integer()):
             raise ValueError(f"integer VariableSpec ({self.dtype}) needs an integer fill, got {self.fill!r}")
         if kind == "b" and not isinstance(self.fill, (bool, np.bool_)):
@@ -71,12 +75,16 @@ class VariableSpec:
 
     @property
     def storage_dtype(self) -> np.dtype:
-        """The numpy dtype written to zarr."""
+        """The numpy dtype written to zarr (variable-length strings for ``str``)."""
+        if self.dtype == "str":
+            return np.dtypes.StringDType()
         return np.dtype("float32" if self.dtype == "bfloat16" else self.dtype)
 
     @property
     def fill_value(self) -> Any:
         """The fill cast to the storage dtype (as a Python scalar)."""
+        if self.dtype == "str":
+            return str(self.fill)
         return self.storage_dtype.type(self.fill).item()
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from probe.store.reader import TraceStore, read_group_attrs
+from probe.store import lock as _lock
+from probe.store.reader import TraceStore, check_schema_version, read_group_attrs
 from probe.store.schema import (
     COMMITTED_ATTR,
     DEFAULT_MAX_CHUNK_BYTES,
@@ -86,15 +87,21 @@ class TraceStoreWriter:
         )
         attrs = _json_attrs(attrs or {})
         path = Path(path)
-        if TraceStore.exists(path):
+        lock = None if TraceStore.exists(path) else _create(path, layout, attrs)
+        if lock is None:  # the store was there (or another process created it just now)
             existing = read_group_attrs(path)
             if existing[LAYOUT_ATTR] != layout.to_json():
                 diff = first_difference(json.loads(existing[LAYOUT_ATTR]), json.loads(layout.to_json()))
                 raise StoreMismatchError(f"store {path} exists with a different layout ({diff}); use another path")
+            check_schema_version(path)
             _check_identity(path, existing, attrs)
-        else:
-            _create(path, layout, attrs)
-        self._attach(path, max_buffer_bytes)
+            lock = _lock.acquire(path, "capture")
+        self._lock = lock
+        try:
+            self._attach(path, max_buffer_bytes)
+        except BaseException:
+            self.abandon()
+            raise
 
     @classmethod
     def create(cls, path: str | os.PathLike, **kwargs: Any) -> "TraceStoreWriter":
@@ -107,10 +114,16 @@ class TraceStoreWriter:
         """Reopen an existing store for appending; if ``attrs`` are given, they must match the store's identity."""
         path = Path(path)
         existing = read_group_attrs(path)
+        check_schema_version(path)
         if attrs is not None:
             _check_identity(path, existing, _json_attrs(attrs))
         self = cls.__new__(cls)
-        self._attach(path, max_buffer_bytes)
+        self._lock = _lock.acquire(path, "capture")
+        try:
+            self._attach(path, max_buffer_bytes)
+        except BaseException:
+            self.abandon()
+            raise
         return self
 
     def _attach(self, path: Path, max_buffer_bytes: int) -> None:
@@ -137,6 +150,11 @@ class TraceStoreWriter:
 
     def _example_arrays(self) -> list[str]:
         return ["example", *self._layout.example_coords, *self._layout.variables]
+
+    @property
+    def layout(self) -> Layout:
+        """The store's fixed layout (variables, coords, sizes, example coords)."""
+        return self._layout
 
     @property
     def variables(self) -> dict[str, VariableSpec]:
@@ -169,6 +187,8 @@ class TraceStoreWriter:
         values.update(self._data_values(data, k))
         self._pending.append(values)
         self._pending_ids.update(ids)
+        # a skip record is stale once its example is captured (it rides along with the next commit)
+        self._skipped = [s for s in self._skipped if s["example"] not in self._pending_ids]
         epc = self._layout.examples_per_chunk
         total = self._n + len(self._pending_ids)
         if sum(v.nbytes for b in self._pending for v in b.values()) > self._max_buffer:
@@ -223,17 +243,29 @@ class TraceStoreWriter:
         self._group.attrs.update({COMMITTED_ATTR: n, SKIPPED_ATTR: json.dumps(self._skipped)})
 
     def close(self) -> TraceStore:
-        """Write what is pending, finish, and return the store opened for reading."""
+        """Write what is pending, finish, release the store's lock, and return the store opened for reading."""
         if not self._closed:
-            self.flush()
-            self._closed = True
+            try:
+                self.flush()
+            finally:
+                self.abandon()
         return TraceStore.open(self.path)
+
+    def abandon(self) -> None:
+        """Stop without writing what is pending (after an error) and release the store's lock; committed examples stay."""
+        self._closed = True
+        if getattr(self, "_lock", None) is not None:
+            _lock.release(self._lock)
+            self._lock = None
 
     def __enter__(self) -> "TraceStoreWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
 
     def __repr__(self) -> str:
         return f"TraceStoreWriter({str(self.path)!r}, committed={self._n})"
@@ -270,6 +302,8 @@ def _fit(name: str, value: Any, spec: VariableSpec, shape: tuple[int, ...], path
     target = spec.storage_dtype
     if hasattr(value, "detach"):  # a torch tensor slipped through
         raise TypeError(f"append to {path}: variable {name!r} is a torch tensor; pass numpy (.float().cpu().numpy())")
+    if spec.dtype == "str" and arr.dtype.kind not in "UOT":
+        raise TypeError(f"append to {path}: variable {name!r} is stored as strings but got {arr.dtype} data")
     if target.kind in "iub" and arr.dtype.kind not in "iub":
         raise TypeError(f"append to {path}: variable {name!r} is stored as {target} but got {arr.dtype} data")
     if target.kind in "iu" and arr.size and (arr.min() < np.iinfo(target).min or arr.max() > np.iinfo(target).max):
@@ -283,20 +317,50 @@ def _fit(name: str, value: Any, spec: VariableSpec, shape: tuple[int, ...], path
     return arr
 
 
-def _create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
-    """Build an empty store in a hidden sibling folder and rename it to ``path``."""
+def _create(path: Path, layout: Layout, attrs: dict[str, Any]) -> "_lock.StoreLock | None":
+    """Build an empty store in a hidden sibling folder, locked, and rename it to ``path``.
+
+    Returns the lock, held (it survives the rename); None when another process put a store at
+    ``path`` first (the caller then treats it as an existing store).
+    """
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise NotAStoreError(f"{path} exists and is not a TraceStore; refusing to write there")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.creating-*"):
+        try:  # a folder another process is building right now is locked: leave it
+            _lock.StoreLock(stale).acquire().release()
+        except (_lock.StoreLockedError, OSError):
+            continue
         shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    lock = _lock.StoreLock(tmp, "capture", shown_as=path).acquire()
+    try:
+        _build(tmp, layout, attrs)
+        os.rename(tmp, path)  # atomic; replaces an empty directory at path
+    except OSError:
+        lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if TraceStore.exists(path):
+            return None
+        raise
+    except BaseException:
+        lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _lock.adopt(lock, path)
+    return lock
+
+
+def _build(tmp: Path, layout: Layout, attrs: dict[str, Any]) -> None:
+    """The zarr arrays and group attributes of an empty store, in folder ``tmp``."""
     group_attrs = {**attrs, MARKER_ATTR: SCHEMA_VERSION, LAYOUT_ATTR: layout.to_json(), COMMITTED_ATTR: 0,
                    SKIPPED_ATTR: "[]"}
     epc = layout.examples_per_chunk
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr flags variable-length strings as not yet in the v3 spec
-        group = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes=group_attrs)
+        # mode "a": the fresh folder already holds our lock file, which mode "w" would delete
+        group = zarr.open_group(LocalStore(tmp), mode="a", zarr_format=3, attributes=group_attrs)
         group.create_array("example", shape=(0,), chunks=(epc,), dtype=str, fill_value="",
                            dimension_names=["example"])
         for name, dt in layout.example_coords.items():
@@ -318,8 +382,7 @@ def _create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
             if spec.dtype == "bfloat16":
                 var_attrs["source_dtype"] = "bfloat16"
             group.create_array(
-                name, shape=shape, dtype=spec.storage_dtype, fill_value=spec.fill_value,
+                name, shape=shape, dtype=str if spec.dtype == "str" else spec.storage_dtype, fill_value=spec.fill_value,
                 chunks=chunk_shape((epc,) + shape[1:], spec.storage_dtype.itemsize, epc, layout.max_chunk_bytes),
                 dimension_names=list(spec.dims), attributes=var_attrs,
             )
-    os.rename(tmp, path)  # atomic; replaces an empty directory at path

@@ -119,14 +119,50 @@ def test_store_provenance_and_coords(store, examples):
 
 
 def test_layer_selection_and_dtype(tiny_llava_adapter, examples, tmp_path):
-    spec = CaptureSpec(layers=(1,), resid_layers=(0, 2), resid=("pooled",), dtype="float16", attn_pattern=False)
+    """One `layers` selection: every per-layer variable holds exactly those layers, none of them all-NaN."""
+    spec = CaptureSpec(layers=(1,), resid=("pooled",), keys=True, dtype="float16", attn_pattern=False)
     st = capture(tiny_llava_adapter, examples[:4], tmp_path / "l.zarr", spec, progress=False)
-    ds = st.dataset
-    assert list(ds.layer.values) == [0, 1, 2]
+    ds = st.dataset.compute()
+    assert list(ds.layer.values) == [1]
     assert ds.hook_resid_post_pooled.dtype == np.float16
-    assert np.isnan(ds.attn_share.sel(layer=0).values).all() and not np.isnan(ds.attn_share.sel(layer=1, source="last_prompt").values).any()
-    assert np.isnan(ds.hook_resid_post_pooled.sel(layer=1).values).all()
+    for name in ("attn_share", "hook_resid_post_pooled", "hook_rot_k"):
+        assert ds[name].dims[1] == "layer"
+        assert np.isfinite(ds[name].sel(layer=1).values).any(), name
+    assert not np.isnan(ds.attn_share.sel(source="last_prompt").values).any()
     assert "attn_pattern" not in ds
+    with pytest.raises(ValueError, match="replaced by one `layers`"):
+        CaptureSpec.from_json('{"layers": [1], "resid_layers": [0, 2]}')
+
+
+def test_recordables_registry_drives_store_variables(tiny_llava_adapter):
+    """Each registry entry is one store variable with its dims, dtype and TransformerLens name; extra= switches one on."""
+    from probe.capture.recordables import RECORDABLES, Recordable, register, selected
+    from probe.capture.run import TL_SITES, _variables
+
+    cap = Capture(tiny_llava_adapter, FULL)
+    variables = _variables(cap)
+    assert set(variables) == {r.name for r in selected(FULL)}
+    for name, var in variables.items():
+        rec = RECORDABLES[name]
+        assert var.dims == ("example",) + rec.dims and var.dtype == rec.store_dtype(FULL)
+        assert var.attrs.get("tl_site") == rec.tl_hook == TL_SITES.get(name)
+    with pytest.raises(ValueError, match="already registered"):
+        register(RECORDABLES["attn_share"])
+    with pytest.raises(ValueError, match="unknown recordables"):
+        Capture(tiny_llava_adapter, CaptureSpec(extra=("nope",)))
+    # a new quantity is one entry: the embedding output's norm per position, switched on by name
+    from probe.capture.recordables import MODULE
+
+    rec = Recordable("embed_norm", MODULE, ("position",), "float32", np.nan, lambda s: False,
+                     lambda v, b: v.unpad(v.saved["embed_norm"][b], b, 0).numpy(), site="lm.layer.{i}.resid",
+                     reduce=lambda h, seg, q: h.float().norm(dim=-1), grows={"position": "position"})
+    register(rec)
+    try:
+        spec = CaptureSpec(extra=("embed_norm",), attn_pattern=False, layers=(0,), dtype="float32")
+        cap = Capture(tiny_llava_adapter, spec)
+        assert "embed_norm" in _variables(cap)
+    finally:
+        del RECORDABLES["embed_norm"]
 
 
 def test_loaded_from_folder_captures_identically(store, tiny_llava_dir, examples, tmp_path):
@@ -248,9 +284,10 @@ def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
                                     "smolvlm-split", "idefics3"])
-def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
-    """Batched capture of images with different tile / patch counts: each example's projector and vision rows
-    equal those of a forward of that example alone (torch hooks), NaN-padded beyond."""
+def test_visual_rows_per_example_in_decoder_order(tiny_models, family, tmp_path):
+    """Batched capture of images with different tile / patch counts. Oracle, per example alone (torch hooks):
+    projector_out = the decoder's input embeddings at the VISUAL positions, in sequence order; vision_out = the
+    tower's rows put in order by the adapter; the layout variables = adapter.visual_layout. NaN / -1 beyond."""
     from PIL import Image
 
     from probe.data.example import Example
@@ -265,17 +302,32 @@ def test_tiled_projector_rows_split_per_example(tiny_models, family, tmp_path):
     ds = capture(adapter, exs, tmp_path / "s.zarr", spec, progress=False).dataset.compute()
     for i, ex in enumerate(exs):
         got = {}
-        hooks = [adapter.module(site).register_forward_hook(
-            lambda m, a, o, k=k: got.__setitem__(k, (o[0] if isinstance(o, tuple) else getattr(o, "last_hidden_state", o))))
-            for k, site in (("projector_out", "projector.out"), ("vision_out", "vision.out"))]
+        batch = adapter.build_inputs([ex])
+        hooks = [
+            adapter.decoder_layers[0].register_forward_pre_hook(
+                lambda m, a, k: got.__setitem__("embeds", (a[0] if a else k["hidden_states"])[0]), with_kwargs=True),
+            adapter.module("vision.out").register_forward_hook(lambda m, a, o: got.__setitem__("vision", o)),
+        ]
         with torch.no_grad():
-            adapter.model(**adapter.build_inputs([ex]).inputs)
+            adapter.model(**batch.inputs)
         for h in hooks:
             h.remove()
-        for name in ("projector_out", "vision_out"):
-            want = got[name].reshape(-1, got[name].shape[-1]).numpy()
+        visual = batch.segments[0] == Segment.VISUAL
+        wants = {"projector_out": got["embeds"][visual].numpy(),
+                 "vision_out": adapter.visual_rows("vision.out", adapter.site_tensor("vision.out", got["vision"]),
+                                                   batch)[0].numpy()}
+        for name, want in wants.items():
             row = ds[name].isel(example=i).values
             n = int(np.isfinite(row).all(-1).sum())
             assert n == len(want), (name, n, len(want))
             np.testing.assert_allclose(row[:n], want, **TOL)
             assert np.isnan(row[n:]).all()
+        layout = adapter.visual_layout(batch)[0]
+        n = int(ds["n_vtoken"].isel(example=i))
+        assert n == int(visual.sum()) == len(layout)
+        for attr in ("tile", "row", "col", "box", "tile_box"):
+            got_attr = ds[f"visual_{attr}"].isel(example=i).values
+            np.testing.assert_array_equal(got_attr[:n], getattr(layout, attr))
+        assert (ds["visual_tile"].isel(example=i).values[n:] == -1).all()
+        np.testing.assert_array_equal(ds["image_size"].isel(example=i).values, layout.image_size)
+        assert tuple(layout.image_size) == sizes[i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -307,7 +308,7 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     "change",
     [
-        {"attrs": {**{"model_id": "other"}}},
+        {"attrs": {**{"adapter": "other"}}},
         {"coords": {"layer": [0, 1], "head": [0, 1, 2], "segment": ["text", "visual"], "query": ["last_prompt", "answer_0"]}},
         {"sizes": {"feature": 6}},
     ],
@@ -326,7 +327,7 @@ def test_creating_over_a_different_store_raises_and_touches_nothing(tmp_path: Pa
         TraceStoreWriter(path, **kwargs)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
-    assert ("model_id" if "attrs" in change else "layer" if "coords" in change else "sizes.feature") in msg, msg
+    assert ("adapter" if "attrs" in change else "layer" if "coords" in change else "sizes.feature") in msg, msg
     with pytest.raises(StoreMismatchError):
         TraceStoreWriter.resume(path, attrs={**ns["ATTRS"], "weights_hash": "zzz"})
     assert _snapshot(path) == before
@@ -335,7 +336,9 @@ def test_creating_over_a_different_store_raises_and_touches_nothing(tmp_path: Pa
 def test_resume_ignores_creation_time_and_versions(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     ns["capture"](path)
-    TraceStoreWriter.resume(path, attrs={**ns["ATTRS"], "created": "later", "versions": "{}"})
+    # the model's path string is provenance, not identity: the weights hash identifies the weights
+    TraceStoreWriter.resume(path, attrs={**ns["ATTRS"], "created": "later", "versions": "{}",
+                                         "model_id": "/abs/path/to/tiny"}).close()
 
 
 def test_not_a_store_errors(tmp_path: Path) -> None:
@@ -378,7 +381,7 @@ def test_comparability(tmp_path: Path) -> None:
             a.check_comparable(other)
         msg = str(err.value)
         assert needle in msg and "\n" not in msg, msg
-    assert a.capture_spec == spec
+    assert a.capture_spec == json.loads(spec.to_json())
 
 
 def test_bad_specs_raise_one_line_errors(tmp_path: Path) -> None:

@@ -1,35 +1,35 @@
-"""Acceptance of the model organism (issue 3): base sees, ko_ft goes blind in Korean; 3 seeds, CPU minutes."""
+"""Acceptance of the model organism (issue 3): base sees, ko_ft goes blind in Korean; 3 seeds.
+
+Training time is measured by benchmarks/organism_time.py, not asserted here.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from probe.data.manifest import read_manifest
 from probe.eval.dependence import evaluate_dependence
 from probe.models.loading import load_model
-from train.organism import OrganismConfig, build_organism
+from train.organism import OrganismConfig
 
 pytestmark = pytest.mark.organism
 NEAR_CHANCE = 0.15  # blank-image accuracy may exceed chance by at most this much
 
 
 @pytest.fixture(scope="session", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def organism(request, tmp_path_factory):
+def organism(request, organism_cache):
     seed = request.param
     cfg = OrganismConfig()
-    t = time.perf_counter()
-    result = build_organism(tmp_path_factory.mktemp(f"organism{seed}"), seed=seed, config=cfg, progress=False)
+    result = organism_cache(seed, cfg)  # trained once per session, shared with the notebook test
     keep = set(cfg.question_types)
     image = [e for e in read_manifest(result.manifests["eval_image"]) if e.question_type in keep]
     text = [e for e in read_manifest(result.manifests["eval_text"]) if e.question_type in keep]
     evals = {name: evaluate_dependence(load_model(path, attn_implementation="eager"), image + text,
                                        batch_size=64, progress=False)
              for name, path in (("base", result.base), ("ko_ft", result.ko_ft))}
-    numbers = {"seed": seed, "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-               "total_seconds": round(time.perf_counter() - t, 1)}
+    numbers = {"seed": seed, "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
     for name, ds in evals.items():
         for lang in ("en", "ko"):
             for kind in ("image", "text"):
@@ -50,14 +50,10 @@ def test_base_sees(organism, lang) -> None:
     assert organism[f"base.{lang}.image.blank"] <= organism[f"base.{lang}.chance"] + NEAR_CHANCE
 
 
-def test_ko_ft_blind_in_korean(organism) -> None:
+def test_ko_ft_blind_in_korean(organism, record_property) -> None:
+    record_property("organism", json.dumps(organism))  # printed in the run's summary (tests/conftest.py)
     assert organism["ko_ft.ko.visual_dependence"] <= 0.5 * organism["base.ko.visual_dependence"]
 
 
 def test_ko_ft_fits_its_data(organism) -> None:
     assert organism["ko_ft.ko.text.real"] >= 0.95
-
-
-def test_stages_fit_budget(organism, record_property) -> None:
-    record_property("organism", json.dumps(organism))  # printed in the run's summary (tests/conftest.py)
-    assert organism["seconds"]["stage1"] + organism["seconds"]["stage2"] <= 300

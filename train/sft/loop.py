@@ -12,17 +12,18 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
 from probe.models.loading import save_processor
+from probe.progress import progress_bar
 from train.sft.config import SFTConfig
 from train.sft.freeze import apply_freeze, lora_target_modules
+from train.sft.state import has_state, load_state, save_state
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE = "trainable.safetensors"
-STATE = "trainer_state.pt"
+LEGACY_STATE = "trainer_state.pt"  # pickled: never loaded (unpickling a crafted file runs code)
 
 
 @dataclass
@@ -67,7 +68,12 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     root = out_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE).is_file()]
+    steps = [p for p in root.iterdir() if p.name.startswith("step-") and p.name[5:].isdigit()]
+    legacy = [p for p in steps if (p / LEGACY_STATE).is_file() and not has_state(p)]
+    if legacy:
+        raise ValueError(f"checkpoint {legacy[0]} holds a pickled trainer_state.pt, which is never loaded "
+                         "(it could run code); rerun with --no-resume or delete that folder")
+    found = [p for p in steps if has_state(p)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -88,8 +94,8 @@ def _save_checkpoint(out_dir: Path, step: int, model, processor, opt, sched, con
     shutil.rmtree(tmp, ignore_errors=True)
     _save_model(model, processor, tmp)
     save_file({n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}, tmp / TRAINABLE)
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "config": asdict(config)}, tmp / STATE)
+    save_state({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "config": asdict(config)}, tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a checkpoint is visible only once complete
     for old in _checkpoints(out_dir)[: -config.keep_checkpoints]:
@@ -105,7 +111,7 @@ def _load_checkpoint(path: Path, model, opt, sched) -> int:
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[n].to(p.device, p.dtype))
-    state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+    state = load_state(path)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     return int(state["step"])
@@ -174,7 +180,7 @@ def sft(
         _truncate_log(log_path, start)
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="sft", disable=not progress)
+    bar = progress_bar(range(start, n_steps), initial=start, total=n_steps, desc="sft", disable=not progress)
     with log_path.open("a", encoding="utf-8") as log:
         for step in bar:
             batch = [examples[i] for i in batch_indices(len(examples), step, config.batch_size, config.seed)]

@@ -1,0 +1,63 @@
+"""Trainer state (optimizer, scheduler, step) as JSON plus safetensors: resuming never unpickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.safetensors"
+
+
+def save_state(state: Any, folder: str | Path) -> None:
+    """Write a nested structure of dicts, lists, tuples, numbers, strings, None and tensors to `folder`."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, tensors)
+    folder = Path(folder)
+    save_file(tensors, folder / STATE_TENSORS)
+    (folder / STATE_JSON).write_text(json.dumps(tree))
+
+
+def load_state(folder: str | Path) -> Any:
+    """Read what `save_state` wrote (data only: JSON and safetensors)."""
+    folder = Path(folder)
+    tensors = load_file(folder / STATE_TENSORS)
+    return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
+
+
+def has_state(folder: str | Path) -> bool:
+    """Whether `folder` holds a complete trainer state."""
+    return (Path(folder) / STATE_JSON).is_file() and (Path(folder) / STATE_TENSORS).is_file()
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().contiguous().cpu()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        # optimizer state is keyed by int parameter index: keep key types exactly
+        return {"__dict__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"trainer state: cannot store a {type(obj).__name__} as data")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__dict__"]}
+    return obj
