@@ -11,15 +11,18 @@ from probe.models.base import ModelInputs, standard_components
 from probe.models.qwen2_vl import Qwen2VLAdapter
 from probe.models.registry import register_adapter
 
+DEEPSTACK = "deepstack.{i}"
+
 
 @register_adapter
 class Qwen3VLAdapter(Qwen2VLAdapter):
     """Qwen2-VL's token layout; DeepStack mergers read vision blocks and add to decoder layers' outputs.
 
-    DeepStack merger j (`model.visual.deepstack_merger_list.j`) reads vision block `deepstack_visual_indexes[j]`
-    and its output, one row per visual token, is added to the VISUAL positions of decoder layer j's output.
-    Sites `deepstack.{j}` read those rows, as `projector.out` reads the merger's; the mergers together are the
-    component `deepstack` (a projector-like part: `--freeze projector` freezes it).
+    DeepStack merger j (`model.visual.deepstack_merger_list.j`) reads vision block `deepstack_visual_indexes[j]`;
+    its output, one row per visual token, is added to the VISUAL positions of decoder layer j's output. The site
+    `deepstack.{i}` reads what is added after decoder layer i (it exists at `site_layers("deepstack.{i}")` only),
+    row for row like `projector.out`; the mergers together are the component `deepstack` (a projector-like part:
+    `--freeze projector` freezes it).
     """
 
     name = "qwen3_vl"
@@ -29,23 +32,23 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         super().__init__(model, processor)
-        self.sites = {**self.sites, **{site: f"model.visual.deepstack_merger_list.{j}" for j, site in enumerate(self.deepstack_sites)}}
+        self.sites = {**self.sites, DEEPSTACK: "model.visual.deepstack_merger_list.{i}"}
+        # merger j is declared after the final merger but called right after vision block deepstack_visual_indexes[j]
+        blocks = self.model.config.vision_config.deepstack_visual_indexes
+        self.runs_after = {f"model.visual.deepstack_merger_list.{j}": f"model.visual.blocks.{b}" for j, b in enumerate(blocks)}
 
     @property
-    def deepstack_sites(self) -> list[str]:
-        """`deepstack.{j}` for each DeepStack merger j, whose rows are added after decoder layer j."""
-        return [f"deepstack.{j}" for j in range(len(self.model.config.vision_config.deepstack_visual_indexes))]
+    def deepstack_layers(self) -> list[int]:
+        """The decoder layers whose outputs receive DeepStack rows (merger j feeds layer j)."""
+        return list(range(len(self.model.config.vision_config.deepstack_visual_indexes)))
 
-    def deepstack_layer(self, site: str) -> int:
-        """The decoder layer whose output a DeepStack site's rows are added to."""
-        if site not in self.deepstack_sites:
-            raise KeyError(f"adapter {self.name!r}: no DeepStack site {site!r}; known: {', '.join(self.deepstack_sites)}")
-        return int(site.removeprefix("deepstack."))
+    def site_layers(self, site: str) -> list[int]:
+        return self.deepstack_layers if site == DEEPSTACK else super().site_layers(site)
 
     def visual_row_counts(self, batch: ModelInputs) -> dict[str, list[int]]:
-        """Qwen2-VL's counts, plus one row per visual token at every DeepStack site."""
+        """Qwen2-VL's counts, plus one row per visual token at the DeepStack site."""
         counts = super().visual_row_counts(batch)
-        return {**counts, **{site: list(counts["projector.out"]) for site in self.deepstack_sites}}
+        return {**counts, DEEPSTACK: list(counts["projector.out"])}
 
     def _ordered_rows(self, site: str, flat: torch.Tensor, batch: ModelInputs) -> torch.Tensor:
         return flat  # no windowed attention: the vision rows are already in token order

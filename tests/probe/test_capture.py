@@ -141,7 +141,9 @@ def test_recordables_registry_drives_store_variables(tiny_llava_adapter):
 
     cap = Capture(tiny_llava_adapter, FULL)
     variables = _variables(cap)
-    assert set(variables) == {r.name for r in selected(FULL)}
+    # every entry the spec asks for, but those read at a site the family lacks (DeepStack: Qwen3-VL only)
+    assert set(variables) == {r.name for r in selected(FULL) if r.site is None or r.site in tiny_llava_adapter.sites}
+    assert "deepstack_out" in {r.name for r in selected(FULL)} and "deepstack_out" not in variables
     for name, var in variables.items():
         rec = RECORDABLES[name]
         assert var.dims == ("example",) + rec.dims and var.dtype == rec.store_dtype(FULL)

@@ -29,11 +29,12 @@ def _examples() -> list[Example]:
             Example("b", images[1], "이 그림에 무엇이 보입니까?", lang="ko")]
 
 
-def _run(adapter, batch, sites):
-    """Forward; each site's main tensor, and every decoder layer's input and output."""
+def _run(adapter, batch, deepstack_layers):
+    """Forward; the DeepStack site's main tensor at each of `deepstack_layers`, and every decoder layer's input and output."""
     seen, layer_in, layer_out = {}, {}, {}
-    hooks = [adapter.module(s).register_forward_hook(lambda m, i, o, s=s: seen.__setitem__(s, adapter.site_tensor(s, o)))
-             for s in sites]
+    site = "deepstack.{i}"
+    hooks = [adapter.module(site, j).register_forward_hook(
+        lambda m, i, o, j=j: seen.__setitem__(j, adapter.site_tensor(site, o))) for j in deepstack_layers]
     for j, layer in enumerate(adapter.decoder_layers):
         hooks.append(layer.register_forward_pre_hook(
             lambda m, a, k, j=j: layer_in.__setitem__(j, adapter.site_tensor("lm.layer.{i}.resid", (a, k))), with_kwargs=True))
@@ -50,14 +51,15 @@ def _run(adapter, batch, sites):
 @pytest.mark.parametrize("padding", ["left", "right"])
 def test_deepstack_rows_are_what_the_decoder_adds(tiny_adapter, padding):
     adapter = tiny_adapter("qwen3_vl")
-    assert adapter.deepstack_sites == ["deepstack.0", "deepstack.1"] and adapter.num_layers == 3
+    site = "deepstack.{i}"
+    assert adapter.site_layers(site) == adapter.deepstack_layers == [0, 1] and adapter.num_layers == 3
+    assert adapter.site_layers("lm.layer.{i}.resid") == [0, 1, 2]
     batch = adapter.build_inputs(_examples(), padding)
     counts = adapter.visual_row_counts(batch)
-    assert counts["deepstack.0"] == counts["deepstack.1"] == counts["projector.out"] == adapter.n_visual_tokens(batch.segments).tolist()
-    seen, layer_in, layer_out = _run(adapter, batch, adapter.deepstack_sites)
-    for site in adapter.deepstack_sites:
-        j = adapter.deepstack_layer(site)
-        rows = adapter.visual_rows(site, seen[site], batch)
+    assert counts[site] == counts["projector.out"] == adapter.n_visual_tokens(batch.segments).tolist()
+    seen, layer_in, layer_out = _run(adapter, batch, adapter.deepstack_layers)
+    for j in adapter.deepstack_layers:
+        rows = adapter.visual_rows(site, seen[j], batch)
         assert [len(r) for r in rows] == counts[site]
         for b in range(2):
             pos = adapter.visual_positions(batch.segments, b)
@@ -67,10 +69,43 @@ def test_deepstack_rows_are_what_the_decoder_adds(tiny_adapter, padding):
             # nothing is added at text positions
             text = (batch.segments[b] == Segment.TEXT).nonzero().flatten()
             torch.testing.assert_close(layer_in[j + 1][b, text], layer_out[j][b, text], atol=0, rtol=0)
-    with pytest.raises(KeyError, match="no DeepStack site 'deepstack.5'"):
-        adapter.deepstack_layer("deepstack.5")
     assert adapter.component_parameters("deepstack") and all(
         n.startswith("model.visual.deepstack_merger_list.") for n in adapter.component_parameters("deepstack"))
+
+
+def test_capture_stores_deepstack_rows_per_layer(tiny_adapter, tmp_path):
+    """Store variable deepstack_out (layer, vtoken, feature): the residual jump at layers 0, 1; NaN at layer 2.
+
+    With the vision tower tapped too: DeepStack mergers run between vision blocks, out of declaration order."""
+    from probe.capture.run import capture
+    from probe.capture.spec import CaptureSpec
+
+    adapter = tiny_adapter("qwen3_vl")
+    examples = _examples()
+    store = capture(adapter, examples, tmp_path / "q.zarr", CaptureSpec(dtype="float32", batch_size=2, vision=True), progress=False)
+    ds = store.dataset
+    var = ds["deepstack_out"]
+    assert var.dims == ("example", "layer", "vtoken", "feature") and ds["layer"].values.tolist() == [0, 1, 2]
+    for e, ex in enumerate(examples):
+        batch = adapter.build_inputs([ex])
+        _, layer_in, layer_out = _run(adapter, batch, [])
+        pos = adapter.visual_positions(batch.segments, 0)
+        n = len(pos)
+        got = torch.from_numpy(var.isel(example=e).values)
+        for j in (0, 1):
+            torch.testing.assert_close(got[j, :n], layer_in[j + 1][0, pos] - layer_out[j][0, pos], atol=1e-5, rtol=1e-5)
+        assert got[2].isnan().all() and got[:, n:].isnan().all()
+        # projector_out holds the merger rows on the same vtoken axis
+        assert not np.isnan(ds["projector_out"].isel(example=e).values[:n]).any()
+
+
+def test_other_families_store_no_deepstack(tiny_adapter, tmp_path):
+    from probe.capture.run import capture
+    from probe.capture.spec import CaptureSpec
+
+    store = capture(tiny_adapter("qwen2_vl"), _examples()[:1], tmp_path / "l.zarr", CaptureSpec(dtype="float32"),
+                    progress=False)
+    assert "deepstack_out" not in store.dataset and "projector_out" in store.dataset
 
 
 def test_qwen3_vl_recorder_keys_match_own_rope(tiny_adapter):

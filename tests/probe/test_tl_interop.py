@@ -82,7 +82,7 @@ def llava_store(tiny_llava_adapter, tmp_path_factory):
     from probe.capture.run import capture
     from probe.capture.spec import CaptureSpec
 
-    spec = CaptureSpec(keys=True, queries=True, resid=("query", "pooled", "tokens"), resid_layers=(0, 2), dtype="float32",
+    spec = CaptureSpec(keys=True, queries=True, resid=("query", "pooled", "tokens"), layers=(0, 2), dtype="float32",
                        batch_size=2)
     examples = [*_examples(), Example("c", _examples()[0].image, "Is it round?")]
     return capture(tiny_llava_adapter, examples, tmp_path_factory.mktemp("tl") / "s.zarr", spec, progress=False), examples
@@ -95,9 +95,8 @@ def test_store_example_opens_as_activation_cache(tiny_llava_adapter, tiny_llava_
     store, examples = llava_store
     bridge = boot_bridge(tiny_llava_dir)
     cache = activation_cache(store, "b", model=bridge)
-    n = tiny_llava_adapter.num_layers
-    want = ({f"blocks.{i}.attn.hook_rot_k" for i in range(n)} | {f"blocks.{i}.attn.hook_rot_q" for i in range(n)}
-            | {"blocks.0.hook_resid_post", "blocks.2.hook_resid_post"})
+    assert tiny_llava_adapter.num_layers == 3
+    want = {f"blocks.{i}.{hook}" for i in (0, 2) for hook in ("attn.hook_rot_k", "attn.hook_rot_q", "hook_resid_post")}
     assert set(cache.keys()) == want  # reductions (shares, pooled, query-slot rows) are not TL activations
     assert want <= set(bridge.hook_dict)  # canonical names: the bridge's own hook points
     single = tiny_llava_adapter.build_inputs(examples[1:2])
@@ -108,8 +107,7 @@ def test_store_example_opens_as_activation_cache(tiny_llava_adapter, tiny_llava_
         assert cache[name].shape == own[name].shape, name
         torch.testing.assert_close(cache[name], own[name].float(), atol=ATOL, rtol=RTOL, msg=name)
     # ActivationCache's own tools work on it
-    stacked = cache.stack_activation("rot_k")
-    assert stacked.shape[0] == n
+    assert cache["rot_k", 2] is cache["blocks.2.attn.hook_rot_k"] and cache["resid_post", 0].shape[-1] == 64
 
 
 def test_tl_activations_need_no_transformer_lens(llava_store, monkeypatch):
@@ -117,9 +115,10 @@ def test_tl_activations_need_no_transformer_lens(llava_store, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformer_lens", None)  # import transformer_lens now fails
     acts = tl_activations(store.path, 0)
     seq = int(store.dataset["seq_len"].values[0])
-    k = acts["blocks.1.attn.hook_rot_k"]
+    k = acts["blocks.2.attn.hook_rot_k"]
     assert k.dtype == torch.float32 and k.shape[:2] == (1, seq) and not k.isnan().any()
     assert acts["blocks.2.hook_resid_post"].shape[:2] == (1, seq) and "blocks.1.hook_resid_post" not in acts
+    assert not any("hook_pattern" in name for name in acts)  # rows of a few queries are not a pattern
     with pytest.raises(ImportError, match="needs transformer-lens"):
         activation_cache(store, 0)
     with pytest.raises(KeyError, match="no example 'zz'"):
