@@ -285,7 +285,7 @@ def test_vocab_group_holds_the_decoder_embeddings(tiny_llava_adapter, examples, 
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
-                                    "smolvlm-split", "idefics3"])
+                                    "smolvlm-split", "idefics3", "gemma3", "qwen3_vl"])
 def test_visual_rows_per_example_in_decoder_order(tiny_models, family, tmp_path):
     """Batched capture of images with different tile / patch counts. Oracle, per example alone (torch hooks):
     projector_out = the decoder's input embeddings at the VISUAL positions, in sequence order; vision_out = the
