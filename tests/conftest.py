@@ -35,6 +35,8 @@ def _tiny_builders() -> dict[str, Callable[[], tuple[Any, Any]]]:
         # anyres: a base tile plus a tile grid, a different number per example (LLaVA-1.6 / VARCO-VISION-2.0 layout)
         "llava_next": tiny.tiny_llava_next,
         "llava_onevision": tiny.tiny_llava_onevision,
+        "gemma3": tiny.tiny_gemma3,  # image tokens attend to each other bidirectionally
+        "qwen3_vl": tiny.tiny_qwen3_vl,  # DeepStack: visual rows added after decoder layers 0 and 1
         # several tiles per image, a different number per example
         "internvl-tiled": lambda: tiny.tiny_internvl(max_tiles=4),
         "smolvlm-split": lambda: tiny.tiny_smolvlm(image_splitting=True),

@@ -120,6 +120,15 @@ def _visual(name: str, site: str) -> Callable[["BatchView", int], np.ndarray]:
     return row
 
 
+def _visual_layers(name: str, site: str) -> Callable[["BatchView", int], np.ndarray]:
+    """Per selected layer, example b's visual rows of a per-layer visual site; NaN at layers without the site."""
+    def row(view: "BatchView", b: int) -> np.ndarray:
+        rows = {i: view.visual(name, site, i)[b] for i in view.layers if (name, i) in view.saved}
+        absent = torch.full((view.n_visual[b], view.adapter.hidden_size), float("nan"))
+        return view.by_layer(lambda i: rows.get(i, absent))
+    return row
+
+
 def _layout(attr: str, dtype: type) -> Callable[["BatchView", int], np.ndarray]:
     def row(view: "BatchView", b: int) -> np.ndarray:
         return np.asarray(getattr(view.layout[b], attr), dtype=dtype)
@@ -210,6 +219,11 @@ register(Recordable(
     "projector_out", MODULE, ("vtoken", "feature"), "spec", np.nan, lambda s: s.projector,
     _visual("projector_out", "projector.out"), site="projector.out", reduce=_whole,
     reduction="projector output rows per example (the visual tokens entering the decoder)",
+    grows={"vtoken": "visual:projector.out"}))
+register(Recordable(
+    "deepstack_out", MODULE, ("layer", "vtoken", "feature"), "spec", np.nan, lambda s: s.projector,
+    _visual_layers("deepstack_out", "deepstack.{i}"), site="deepstack.{i}", reduce=_whole,
+    reduction="rows DeepStack adds to each layer's output at the visual positions (Qwen3-VL; NaN at other layers)",
     grows={"vtoken": "visual:projector.out"}))
 register(Recordable(
     "vision_out", MODULE, ("vpatch", "feature_vision"), "spec", np.nan, lambda s: s.vision,

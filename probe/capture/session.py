@@ -39,7 +39,8 @@ class Capture:
         self.adapter = adapter
         self.spec = spec
         self.envoy = envoy if envoy is not None else NNsight(adapter.model)
-        self.recordables = selected(spec)
+        # a quantity read at a site the family lacks (DeepStack rows outside Qwen3-VL) is not recorded
+        self.recordables = [r for r in selected(spec) if r.site is None or r.site in adapter.sites]
         self.layers = spec.resolve_layers(spec.layers, adapter.num_layers)
         self.plan = plan_taps(adapter, self.recordables, self.layers)
         attention = {r.name for r in self.recordables if r.source == ATTENTION}
@@ -98,7 +99,7 @@ class BatchView:
         self.size = n_positions or max(self.lengths)
         self.qpos = qpos
         self.n_visual = [int((row == Segment.VISUAL).sum()) for row in self.segments]
-        self._visual: dict[str, list[torch.Tensor]] = {}
+        self._visual: dict[Any, list[torch.Tensor]] = {}
         self._layout: list[Any] | None = None
 
     def token_ids(self, b: int) -> np.ndarray:
@@ -125,11 +126,13 @@ class BatchView:
         """One value per selected layer, stacked along a leading layer axis."""
         return torch.stack([get(i).detach().float().cpu() for i in self.layers]).numpy()
 
-    def visual(self, name: str, site: str) -> list[torch.Tensor]:
-        """Per example [rows, d] of the tap `name` at visual site `site`, in the order the decoder sees the tokens."""
-        if name not in self._visual:
-            self._visual[name] = self.adapter.visual_rows(site, self.saved[name], self.batch)
-        return self._visual[name]
+    def visual(self, name: str, site: str, layer: int | None = None) -> list[torch.Tensor]:
+        """Per example [rows, d] of the tap `name` at visual site `site` (at decoder `layer` for a per-layer site),
+        in the order the decoder sees the tokens."""
+        key = name if layer is None else (name, layer)
+        if key not in self._visual:
+            self._visual[key] = self.adapter.visual_rows(site, self.saved[key], self.batch)
+        return self._visual[key]
 
     @property
     def layout(self) -> list[Any]:

@@ -59,17 +59,21 @@ def plan_taps(adapter: ModelAdapter, recordables: Sequence[Recordable], layers: 
     for rec in recordables:
         if rec.source != MODULE:
             continue
-        for i in (layers if "{i}" in rec.site else (None,)):
+        # per-layer sites: the selected layers at which the site exists (Qwen3-VL's deepstack.{i} at a few only)
+        at = set(adapter.site_layers(rec.site)) if "{i}" in rec.site else set()
+        for i in ([i for i in layers if i in at] if "{i}" in rec.site else (None,)):
             if (rec.site, rec.io, i) not in wanted:
                 wanted.append((rec.site, rec.io, i))
     pre, post = _dfs_order(adapter.model)
 
-    def when(event: tuple[str, str, int | None]) -> int:
+    def when(event: tuple[str, str, int | None]) -> tuple[int, int, int]:
         site, kind, i = event
         path = adapter.sites[site].format(i=i)
         if path not in pre:
             raise KeyError(f"adapter {adapter.name!r}: site {site!r} points at missing module {path!r}")
-        return pre[path] if kind == "input" else post[path]
+        number = pre[path] if kind == "input" else post[path]
+        anchor = adapter.runs_after.get(path)  # declared elsewhere, called right after `anchor` (Qwen3-VL's DeepStack)
+        return (post[anchor], 1, number) if anchor else (number, 0, 0)
 
     return TapPlan(tuple(sorted(wanted, key=when)))
 

@@ -89,6 +89,9 @@ class ModelAdapter(ABC):
     # the modules a user freezes, swaps or edits (see `standard_components`); kept apart from the read sites,
     # which may sit inside a component (Qwen2-VL reads `vision.out` at the last vision block)
     components: ClassVar[dict[str, str]]
+    # module path -> the module whose output it is called right after, for modules declared out of call order
+    # (capture requests nnsight taps in call order, read off the module tree's declaration order otherwise)
+    runs_after: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
@@ -158,6 +161,11 @@ class ModelAdapter(ABC):
             return next((n for path, n in paths if qualified == path or qualified.startswith(path + ".")), None)
 
         return {qual: owner(qual) for qual, _ in self.base_model.named_parameters()}
+
+    def site_layers(self, site: str) -> list[int]:
+        """The decoder layers at which a per-layer site (`{i}` in its name) exists: every layer, unless a family says
+        otherwise (Qwen3-VL's `deepstack.{i}` exists at its DeepStack layers only)."""
+        return list(range(self.num_layers))
 
     @property
     def vision_tower(self) -> nn.Module:

@@ -46,7 +46,7 @@ def adapter_for(model: Any, processor: Any) -> ModelAdapter:
     return adapter_class(base.config)(model, processor)
 
 
-_FAMILIES = ("llava", "internvl", "qwen2_vl", "idefics3")
+_FAMILIES = ("llava", "internvl", "qwen2_vl", "qwen3_vl", "idefics3", "gemma3")
 
 
 def _load_builtin() -> None:

@@ -358,3 +358,81 @@ def tiny_llava_onevision(seed: int = 0, *, image_size: int = 16, patch_size: int
     grid features of an image spanning more than about N tiles, so with N=4 some images shrink and others not.
     """
     return _tiny_anyres("llava_onevision", seed, image_size=image_size, patch_size=patch_size, text_layers=text_layers, text_dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions, vision_aspect_ratio=vision_aspect_ratio)
+
+
+def tiny_gemma3(
+    seed: int = 0, *, image_size: int = 32, patch_size: int = 4, tokens_per_image: int = 16, text_layers: int = 2,
+    text_dim: int = 64, heads: int = 4, kv_heads: int = 2, max_positions: int = 512, sliding_window: int = 24,
+):
+    """A random-weight Gemma3ForConditionalGeneration (SigLIP + avg-pool projector + Gemma 3) and its Gemma3Processor.
+
+    The image is squashed to image_size x image_size, its (image_size/patch_size)² patches average-pooled to
+    `tokens_per_image`; the decoder sees `<start_of_image>` + `<image_soft_token>`×N + `<end_of_image>`, image tokens
+    attending to each other bidirectionally. Layer 0 slides (window `sliding_window`), layer 1 is global, as in
+    Gemma 3's 5:1 pattern; lm_head is tied to the embeddings.
+    """
+    import transformers as tf
+
+    specials = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = build_byte_tokenizer((), named_tokens=specials)
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in specials.items()}
+    text = _text_kwargs(tokenizer, layers=text_layers, dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions)
+    text.update(head_dim=text_dim // heads, query_pre_attn_scalar=text_dim // heads, sliding_window=sliding_window,
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(text_layers)],
+                tie_word_embeddings=True)
+    config = tf.Gemma3Config(
+        text_config=tf.Gemma3TextConfig(**text),
+        vision_config=tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                            image_size=image_size, patch_size=patch_size),
+        mm_tokens_per_image=tokens_per_image, image_token_index=ids["image_token"], boi_token_index=ids["boi_token"],
+        eoi_token_index=ids["eoi_token"], tie_word_embeddings=True,
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = tf.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # transformers initialises the projection to zeros: every image token would be 0
+        projection = model.model.multi_modal_projector.mm_input_projection_weight
+        projection.normal_(0.0, projection.shape[0] ** -0.5)
+    image_processor = tf.Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_convert_rgb=True)
+    processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_image)
+    return model, processor
+
+
+def tiny_qwen3_vl(
+    seed: int = 0, *, image_size: int = 32, text_layers: int = 3, text_dim: int = 64, heads: int = 4, kv_heads: int = 2,
+    max_positions: int = 512, deepstack: Sequence[int] = (0, 1),
+):
+    """A random-weight Qwen3VLForConditionalGeneration (ViT with DeepStack mergers, interleaved M-RoPE) and its Qwen3VLProcessor.
+
+    The vision blocks in `deepstack` each feed a merger whose output is added to the visual positions of decoder
+    layer j's output (j-th entry -> after layer j), as in Qwen3-VL.
+    """
+    import transformers as tf
+
+    specials = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    tokenizer = build_byte_tokenizer(specials)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    patch, merge = 4, 2
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch, spatial_merge_size=merge,
+                  temporal_patch_size=2, in_channels=3, out_hidden_size=text_dim, num_position_embeddings=64,
+                  deepstack_visual_indexes=list(deepstack))
+    text = _text_kwargs(tokenizer, layers=text_layers, dim=text_dim, heads=heads, kv_heads=kv_heads, max_positions=max_positions)
+    # head_dim 16 -> 8 rotary pairs, interleaved over (temporal, height, width)
+    text.update(head_dim=text_dim // heads,
+                rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], mrope_interleaved=True, rope_theta=10000.0))
+    config = tf.Qwen3VLConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = tf.Qwen3VLForConditionalGeneration(config).eval()
+    unit = patch * merge
+    image_processor = tf.Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=merge, temporal_patch_size=2, min_pixels=unit * unit, max_pixels=image_size * image_size,
+    )
+    with _allow_missing_video_processor():
+        processor = tf.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                        video_processor=_video_processor("Qwen3VLVideoProcessor"))
+    return model, processor

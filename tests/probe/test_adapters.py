@@ -18,7 +18,7 @@ from probe.segments import Segment
 
 # the keys of the session fixture `tiny_models` (tests/conftest.py); tiled variants get several tiles per image
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
-            "idefics3-split", "llava_next", "llava_onevision"]
+            "idefics3-split", "llava_next", "llava_onevision", "gemma3", "qwen3_vl"]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 # anyres: a base tile plus a tile grid whose rows each end in the learned image_newline, on an <image> token
 ANYRES = {"llava_next", "llava_onevision"}
@@ -161,7 +161,7 @@ def test_tiles_differ_between_examples(adapters, family):
         assert tiles[0] != tiles[1] and min(tiles) > 2 and batch.inputs["pixel_values"].shape[1] == max(tiles)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_token_count_follows_image_size(adapters, family):
     adapter = adapters(family)
     batch = adapter.build_inputs(_examples(adapter))
@@ -188,6 +188,8 @@ CHAT_IMAGE = {
     "idefics3": "<image>",
     "llava_next": "<image>",
     "llava_onevision": "<image>",
+    "gemma3": "<start_of_image>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
 }
 
 

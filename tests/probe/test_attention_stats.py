@@ -287,7 +287,7 @@ def test_pass_through_and_uninstall(tiny_factory, batch_factory):
 
 
 ADAPTER_FAMILIES = ["llava", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl", "smolvlm", "smolvlm-split",
-                    "idefics3", "llava_next", "llava_onevision"]
+                    "idefics3", "llava_next", "llava_onevision", "gemma3", "qwen3_vl"]
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])

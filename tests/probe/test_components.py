@@ -21,17 +21,22 @@ PATHS = {
     "qwen2_5_vl": ("model.visual.", "model.visual.merger.", "model.language_model."),
     "smolvlm": ("model.vision_model.", "model.connector.", "model.text_model."),
     "idefics3": ("model.vision_model.", "model.connector.", "model.text_model."),
+    "gemma3": ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model."),
+    "qwen3_vl": ("model.visual.", "model.visual.merger.", "model.language_model."),
 }
+# projector-like parts inside the vision tower: Qwen3-VL's DeepStack mergers
+EXTRA_PROJECTORS = {"qwen3_vl": ("model.visual.deepstack_merger_list.",)}
 FAMILIES = list(PATHS)
 
 
 def _frozen_by_hand(family: str, name: str, choice: str) -> bool:
     """Whether parameter `name` is frozen by `choice`, from the module paths alone."""
     vision, projector, lm = PATHS[family]
+    projectors = (projector, *EXTRA_PROJECTORS.get(family, ()))
     if choice == "vision":
-        return name.startswith(vision) and not name.startswith(projector)
+        return name.startswith(vision) and not name.startswith(projectors)
     if choice == "projector":
-        return name.startswith(projector) or name == "model.image_newline"
+        return name.startswith(projectors) or name == "model.image_newline"
     if choice == "embeddings":
         return name.startswith(lm + "embed_tokens.")
     if choice == "decoder":

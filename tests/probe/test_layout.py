@@ -19,7 +19,7 @@ from probe.models.registry import adapter_for
 from probe.segments import Segment
 
 FAMILIES = ["llava", "llava_next", "llava_onevision", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
-            "smolvlm", "idefics3", "smolvlm-split", "idefics3-split"]
+            "smolvlm", "idefics3", "smolvlm-split", "idefics3-split", "gemma3", "qwen3_vl"]
 ANYRES = {"llava_next", "llava_onevision"}
 # nine colours far apart
 PALETTE = np.array([(230, 20, 20), (20, 200, 40), (30, 40, 230), (240, 230, 20), (20, 220, 230), (220, 30, 220),
@@ -112,7 +112,7 @@ def test_projector_rows_are_the_decoder_inputs(adapters, family):
         torch.testing.assert_close(rows[b], fed, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_patch_rows_in_decoder_order(adapters, family):
     """The merger applied to the ordered patch rows (4 consecutive per token) gives the ordered token rows."""
     adapter = adapters(family)
@@ -162,6 +162,8 @@ def _token_grid(adapter, batch, b: int, tile: np.ndarray) -> tuple[int, int]:
         side = int(side * cfg.downsample_ratio)
     elif cfg.model_type in ("smolvlm", "idefics3"):
         side //= cfg.scale_factor
+    elif cfg.model_type == "gemma3":  # patches average-pooled to mm_tokens_per_image
+        side = math.isqrt(cfg.mm_tokens_per_image)
     return side, side
 
 

@@ -14,7 +14,7 @@ from probe.models.loading import load_model, save_processor, weights_hash
 from probe.models.registry import UnsupportedModelError, adapter_for, available_adapters
 
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
-            "idefics3-split", "llava_next", "llava_onevision"]
+            "idefics3-split", "llava_next", "llava_onevision", "gemma3", "qwen3_vl"]
 TEXTS = ["What colour is the shape? Answer in one word.", "이 도형은 무슨 색입니까? 한 단어로 답하세요.", "  mixed 한글 &\n\ttabs  "]
 
 
