@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (if absent) and installs visblind with its dev and apps (dashboard) extras; CPU torch 2.13
+# Creates .venv (if absent) and installs visblind with its dev, apps (dashboard) and tl (TransformerLens) extras; CPU torch 2.13
 # first, so no dependency pulls a CUDA build. GPU users: install your own torch build before this.
 # The dashboard's browser tests need Chromium and its driver: installed with apt-get when missing and root.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[dev,apps]'
+python -m pip install -q -e '.[dev,apps,tl]'
 
 if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
     :
