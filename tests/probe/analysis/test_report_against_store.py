@@ -58,19 +58,23 @@ def test_different_layer_selections_compare_only_layers_recorded_in_both(tmp_pat
 
 def _real_eval(ds: xr.Dataset, after: bool) -> xr.Dataset:
     """An eval group in the format probe.eval writes: per-example variables and an aggregate `lang` dim."""
+    from probe.analysis.stats import BootstrapConfig
     from probe.eval.dependence import _aggregate
 
     n = ds.sizes["example"]
     rng = np.random.default_rng(3 if after else 2)
     correct = rng.random((3, n)) < (0.3 if after else 0.9)
+    group = ds["group"].values if "group" in ds.coords else ds["example"].values
     per = xr.Dataset(
         {"correct": (("condition", "example"), correct), "chance_example": ("example", np.full(n, 0.25)),
-         "visually_dependent": ("example", correct[0] & ~correct[1]), "has_partner": ("example", np.ones(n, bool))},
+         "visually_dependent": ("example", correct[0] & ~correct[1]), "has_partner": ("example", np.ones(n, bool)),
+         "n_choices": ("example", np.full(n, 4))},
         coords={"condition": ["real", "blank", "mismatched"], "example": ds["example"].values,
                 "example_lang": ("example", ds["lang"].values), "example_question_type": ("example", np.full(n, "colour")),
-                "example_image_dependent": ("example", np.ones(n, bool))},
+                "example_image_dependent": ("example", np.ones(n, bool)), "example_group": ("example", group),
+                "example_rule": ("example", np.full(n, "ranked")), "example_source": ("example", np.full(n, "manifest"))},
     )
-    return per.merge(_aggregate(per))
+    return per.merge(_aggregate(per, BootstrapConfig(n_boot=200)))
 
 
 def test_eval_table_uses_per_example_languages_not_the_aggregate_lang_dim() -> None:
@@ -130,7 +134,7 @@ def test_a_recorded_group_is_the_resampling_unit_and_the_report_says_so(tmp_path
 
     pb, pa = _pair(tmp_path, grouped(make_dataset(n=20)), grouped(make_dataset(n=20, after=True)))
     for p, after in ((pb, False), (pa, True)):
-        _real_eval(make_dataset(n=20), after).to_zarr(p, group="eval", mode="w", consolidated=False, zarr_format=3)
+        _real_eval(grouped(make_dataset(n=20)), after).to_zarr(p, group="eval", mode="w", consolidated=False, zarr_format=3)
     from probe.analysis.pipeline import compare_stores
 
     ev = compare_stores(pb, pa, CFG)["eval"]["before"]
