@@ -196,7 +196,7 @@ def sft(
             losses.append(value)
             done = step + 1
             if done % config.log_every == 0 or done == n_steps:
-                bar.set_postfix(loss=f"{value:.4f}")
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)  # shown at the bar's own interval (30 s in logs)
                 log.write(json.dumps({"step": done, "loss": value, "lr": sched.get_last_lr()[0],
                                       "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
                 log.flush()
