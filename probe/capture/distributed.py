@@ -67,11 +67,12 @@ def data_parallel_capture(model: Any, examples: Sequence[Example] | str | Path, 
                           *, skip_bad: bool = False, progress: bool = True, device: Any = None,
                           **kwargs: Any) -> TraceStore:
     """This process's part of a data-parallel capture; every rank returns the merged store."""
-    from probe.capture.run import capture_local
+    from probe.capture.run import _check_target, capture_local
     from probe.capture.spec import CaptureSpec
 
     spec = spec or CaptureSpec()
     me, out = world(), Path(out)
+    _check_target(out)  # a path that cannot become a store fails now, not after every rank's capture
     manifest, bad_lines = "", []
     if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
         manifest = str(examples)
