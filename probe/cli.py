@@ -24,9 +24,14 @@ def capture_cmd(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip bad examples (recorded in the store) instead of stopping"),
     chunk: int = typer.Option(64, "--chunk", help="examples per zarr chunk (and per crash-safe commit)"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="from_pretrained device_map (e.g. auto) for a model larger than one device"),
 ) -> None:
-    """Record attention statistics, keys, residuals and projector outputs into a TraceStore."""
+    """Record attention statistics, keys, residuals and projector outputs into a TraceStore.
+
+    Under `torchrun --nproc-per-node N` each process captures its share; rank 0 merges them into --out.
+    """
     from probe.capture import CaptureSpec, capture
+    from probe.capture.distributed import world
     from probe.models.loading import check_lora_adapter, load_model
 
     capture_spec = CaptureSpec.from_file(spec) if spec else None
@@ -36,8 +41,9 @@ def capture_cmd(
         if allow_pickle:
             loaded = load_model(model, lora_adapter=adapter, allow_pickle=True)
     store = capture(loaded, manifest, out, capture_spec, lora_adapter=adapter, skip_bad=skip_bad,
-                    examples_per_chunk=chunk)
-    typer.echo(f"wrote {len(store.example_ids)} examples to {out}" + (f" ({len(store.skipped)} skipped)" if store.skipped else ""))
+                    examples_per_chunk=chunk, device_map=device_map)
+    if world().rank == 0:
+        typer.echo(f"wrote {len(store.example_ids)} examples to {out}" + (f" ({len(store.skipped)} skipped)" if store.skipped else ""))
 
 
 @app.command("info")

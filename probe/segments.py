@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `import probe` (dask workers unpickling a store) stays light
+    import torch
 
 
 class Segment(IntEnum):
@@ -32,6 +34,8 @@ def last_prompt_index(segments: torch.Tensor) -> torch.Tensor:
 
     segments: [batch, seq] integer Segment codes -> [batch] long.
     """
+    import torch
+
     is_prompt = (segments != Segment.PAD) & (segments != Segment.ANSWER)
     pos = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
     return torch.where(is_prompt, pos, torch.full_like(pos, -1)).max(dim=1).values

@@ -122,13 +122,40 @@ def capture(
     skip_bad: bool = False,
     progress: bool = True,
     examples_per_chunk: int = 64,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
 ) -> TraceStore:
     """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
 
     Resumable: run the same call again after an interruption and only missing examples are captured
     (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
-    and spec, whatever path the model is given by.
+    and spec, whatever path the model is given by. Under torchrun / accelerate launch (WORLD_SIZE > 1)
+    each process captures its share and the shards are merged (`probe.capture.distributed`).
+    `device` / `device_map` go to `load_model` when the model is given by path.
     """
+    from probe.capture.distributed import data_parallel_capture, world
+
+    kwargs = dict(lora_adapter=lora_adapter, skip_bad=skip_bad, progress=progress,
+                  examples_per_chunk=examples_per_chunk, device=device, device_map=device_map)
+    if world().size > 1:
+        return data_parallel_capture(model, examples, out, spec, **kwargs)
+    return capture_local(model, examples, out, spec, **kwargs)
+
+
+def capture_local(
+    model: ModelAdapter | str | Path,
+    examples: Sequence[Example] | str | Path,
+    out: str | Path,
+    spec: CaptureSpec | None = None,
+    *,
+    lora_adapter: str | Path | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    examples_per_chunk: int = 64,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+) -> TraceStore:
+    """`capture` in this process alone, whatever the launcher's world size."""
     spec = spec or CaptureSpec()
     out = Path(out)
     resuming = _check_target(out)  # before loading anything
@@ -143,7 +170,9 @@ def capture(
     else:
         from probe.models.loading import load_model
 
-        adapter, model_id = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None), str(model)
+        adapter = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None,
+                             device=device or "cpu", device_map=device_map)
+        model_id = str(model)
         digest = checkpoint_weights_hash(adapter.model, [model] + ([lora_adapter] if lora_adapter else []))
     adapter.model.eval()
     cap = Capture(adapter, spec)

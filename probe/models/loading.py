@@ -22,12 +22,14 @@ def load_model(
     trust_remote_code: bool = False,
     lora_adapter: str | Path | None = None,
     allow_pickle: bool = False,
+    device_map: str | dict | None = None,
 ) -> ModelAdapter:
     """Model + processor wrapped in its family's adapter; a PEFT LoRA adapter is merged in when given.
 
     Safetensors only (`use_safetensors=True`; a pickled LoRA `adapter_model.bin` only with
     `allow_pickle`); `trust_remote_code` stays off unless asked. Bad sources fail in one line
-    before anything loads (see `check_model_source`).
+    before anything loads (see `check_model_source`). `device_map` (e.g. "auto") goes to `from_pretrained`
+    for a model larger than one device; the model then stays where it places it (`device` is not applied).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -52,6 +54,7 @@ def load_model(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
         local_files_only=local_only,
+        **({"device_map": device_map} if device_map is not None else {}),
     )
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code,
@@ -65,7 +68,7 @@ def load_model(
 
         # merged, so the adapter's module paths are the base model's and before/after differ only by the weights
         model = PeftModel.from_pretrained(model, str(lora_adapter)).merge_and_unload()
-    model = model.to(device).eval()
+    model = (model if device_map is not None else model.to(device)).eval()
     return adapter_for(model, processor)
 
 

@@ -1,0 +1,168 @@
+"""Data-parallel capture: two gloo CPU processes under torchrun end in the store one process writes.
+
+Oracle: a one-process capture of the same manifest and spec. Every batch holds the same examples as
+in the one-process run (shares are whole batches), so padding and float rounding are the same and
+the stores must be identical (exact for ints, strings and floats alike).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from probe.capture import CaptureSpec
+from probe.capture.distributed import World, shard_folder, shares
+from probe.capture.run import capture_local
+from probe.store import TraceStore
+
+N = 12
+SPEC = CaptureSpec(batch_size=2, resid=("pooled",), keys=True, vocab=True)
+
+
+@pytest.fixture(scope="module")
+def case(tiny_llava_dir, make_colour_manifest, tmp_path_factory):
+    """(manifest, spec file, one-process store)."""
+    root = tmp_path_factory.mktemp("dp")
+    manifest = make_colour_manifest(root / "data", N)
+    spec = root / "spec.json"
+    spec.write_text(SPEC.to_json())
+    one = capture_local(str(tiny_llava_dir), manifest, root / "one.zarr", SPEC, progress=False, examples_per_chunk=2)
+    return manifest, spec, one
+
+
+def _torchrun(model: Path, manifest: Path, spec: Path, out: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+            "-m", "probe.cli", "capture", str(model), str(manifest), "--spec", str(spec), "--out", str(out),
+            "--chunk", "2"]
+
+
+def _env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _assert_same(a: TraceStore, b: TraceStore) -> None:
+    assert a.example_ids == b.example_ids and len(a.example_ids) == N
+    xr.testing.assert_identical(a.dataset.drop_attrs(), b.dataset.drop_attrs())
+    assert a.layout.to_json() == b.layout.to_json()  # (fill NaN != NaN in the dataclass ==)
+    assert a.read_group("vocab").equals(b.read_group("vocab"))
+    for key in ("weights_hash", "adapter", "capture_spec", "manifest", "schema_version"):
+        assert a.attrs[key] == b.attrs[key], key
+
+
+def test_shares_are_whole_batches_round_robin():
+    assert shares(list("abcdefg"), 2, 2) == [list("abef"), list("cdg")]
+    assert shares(list("ab"), 2, 3) == [list("ab"), [], []]
+    with pytest.raises(ValueError, match="RANK 2"):
+        World(rank=2, size=2)
+
+
+def test_torchrun_two_processes_equal_one(case, tiny_llava_dir, tmp_path):
+    manifest, spec, one = case
+    out = tmp_path / "dp.zarr"
+    run = subprocess.run(_torchrun(tiny_llava_dir, manifest, spec, out, 29511), env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_same(TraceStore.open(out), one)
+    assert not shard_folder(out).exists()  # merged, then dropped
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the torchrun worker with RANK=rank (a child of the launcher)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+def _committed(path: Path) -> int:
+    return TraceStore.open(path).n_examples if TraceStore.exists(path) else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's pid through /proc")
+def test_rank_killed_mid_run_then_rerun_equals_one(case, tiny_llava_dir, tmp_path):
+    """SIGKILL rank 1 after its shard committed one batch; the same command again ends in the one-process store."""
+    manifest, spec, one = case
+    out = tmp_path / "dp.zarr"
+    cmd = _torchrun(tiny_llava_dir, manifest, spec, out, 29512)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard = shard_folder(out) / "w2r1.zarr"
+    deadline = time.time() + 240
+    while _committed(shard) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    pid = _rank_pid(proc.pid, 1)
+    at_kill = _committed(shard)
+    assert pid is not None and proc.poll() is None, "rank 1 ended before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert 0 < at_kill < N // 2, f"kill landed at {at_kill} of rank 1's {N // 2} examples; the test needs a mid-run kill"
+    assert not TraceStore.exists(out)
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_same(TraceStore.open(out), one)
+
+
+def test_merge_interrupted_midway_resumes(case, tiny_llava_dir, tmp_path, monkeypatch):
+    """A merge that stops after its first append restarts from what OUT holds and ends equal to one process."""
+    from probe.capture import distributed
+    from probe.store import TraceStoreWriter
+
+    manifest, _, one = case
+    out = tmp_path / "m.zarr"
+    from probe.data.manifest import read_manifest
+
+    examples = read_manifest(manifest)
+    for r, part in enumerate(shares(examples, SPEC.batch_size, 2)):
+        capture_local(str(tiny_llava_dir), part, shard_folder(out) / f"w2r{r}.zarr", SPEC, progress=False,
+                      examples_per_chunk=2)
+    real = TraceStoreWriter.append
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(TraceStoreWriter, "append", failing)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.merge_shards(out, [ex.id for ex in examples], manifest=str(manifest), progress=False)
+    monkeypatch.setattr(TraceStoreWriter, "append", real)
+    assert 0 < TraceStore.open(out).n_examples < N
+    merged = distributed.merge_shards(out, [ex.id for ex in examples], manifest=str(manifest), progress=False)
+    _assert_same(merged, one)
+
+
+def test_device_map_reaches_from_pretrained(tiny_llava_dir, monkeypatch):
+    """`load_model(device_map=...)` hands it to from_pretrained (a model larger than one device)."""
+    from transformers import AutoModelForImageTextToText
+
+    from probe.models.loading import load_model
+
+    seen = {}
+    real = AutoModelForImageTextToText.from_pretrained
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", spy)
+    adapter = load_model(tiny_llava_dir, device_map="cpu")
+    assert seen["device_map"] == "cpu"
+    assert {p.device.type for p in adapter.model.parameters()} == {"cpu"}
+    assert np.isfinite(next(adapter.model.parameters()).detach().numpy()).all()
