@@ -74,6 +74,21 @@ def tiny_models() -> Mapping[str, tuple[Any, Any]]:
 
 
 @pytest.fixture(scope="session")
+def tiny_adapter(tiny_models) -> Callable[[str], Any]:
+    """family -> the adapter over that family's session tiny model (built once per family)."""
+    from probe.models import adapter_for
+
+    cache: dict[str, Any] = {}
+
+    def get(family: str) -> Any:
+        if family not in cache:
+            cache[family] = adapter_for(*tiny_models[family])
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_llava_pair():
     """(model, processor) of a tiny random-weight LLaVA, built once."""
     from probe.models.tiny import tiny_llava

@@ -1,6 +1,7 @@
 """Model adapters (one per family), the registry, loading, and tiny models for tests."""
 
 from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models.layout import VISUAL_SITES, VisualLayout
 from probe.models.loading import load_model
 from probe.models.registry import UnsupportedModelError, adapter_for, available_adapters, register_adapter
 from probe.provenance import weights_hash
@@ -10,6 +11,8 @@ __all__ = [
     "ModelAdapter",
     "ModelInputs",
     "UnsupportedModelError",
+    "VISUAL_SITES",
+    "VisualLayout",
     "adapter_for",
     "available_adapters",
     "load_model",

@@ -143,6 +143,7 @@ class Encoded:
     segments: list[list[int]] = field(default_factory=list)
     answers: list[list[int]] = field(default_factory=list)
     features: list[Any] = field(default_factory=list)  # each example's processor output (BatchFeature)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (height, width)
 
 
 def encode_examples(
@@ -173,6 +174,7 @@ def encode_examples(
         out.segments.append(segments(ids))
         out.answers.append(answer_ids(processor.tokenizer, ex.answer))
         out.features.append(enc)
+        out.image_sizes.append((image.height, image.width))
     return out
 
 
@@ -186,6 +188,7 @@ def assemble_encoded(
     model derives positions itself, like Qwen2-VL's M-RoPE, pass False).
     """
     batch = assemble(examples, enc.prompts, enc.segments, enc.answers, pad_id(tokenizer), padding_side, extra)
+    batch.image_sizes = list(enc.image_sizes)
     if real_positions:
         batch.inputs["position_ids"] = (batch.inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     return batch

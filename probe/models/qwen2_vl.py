@@ -10,7 +10,8 @@ from torch import nn
 
 from probe.data.example import Example
 from probe.models._inputs import assemble_encoded, encode_examples, prompt_text, segments_from_ids
-from probe.models.base import ModelAdapter, ModelInputs, standard_sites
+from probe.models.base import ModelAdapter, ModelInputs, standard_components, standard_sites
+from probe.models.layout import VisualLayout, grid_layout
 from probe.models.registry import register_adapter
 from probe.segments import Segment
 
@@ -28,10 +29,12 @@ class Qwen2VLAdapter(ModelAdapter):
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     sites = standard_sites("model.visual.blocks.{last}", "model.visual.merger", "model.language_model.layers")
+    # the vision component is the whole ViT but its merger, which is the projector (nested: see `component`)
+    components = standard_components("model.visual", "model.visual.merger", "model.language_model")
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         super().__init__(model, processor)
-        last = len(self.model.get_submodule("model.visual.blocks")) - 1
+        last = len(self.base_model.get_submodule("model.visual.blocks")) - 1
         # per instance: the last vision block's index depends on the checkpoint
         self.sites = {k: v.replace("{last}", str(last)) for k, v in type(self).sites.items()}
 
@@ -61,6 +64,28 @@ class Qwen2VLAdapter(ModelAdapter):
         if level == "patch":
             order = (order[:, None] * unit + torch.arange(unit)).flatten()
         return order
+
+    def visual_row_counts(self, batch: ModelInputs) -> dict[str, list[int]]:
+        """Patches per image at the vision blocks and the merger's input; merged tokens after it."""
+        patches = batch.inputs["image_grid_thw"].prod(-1).tolist()
+        unit = self.model.config.vision_config.spatial_merge_size ** 2
+        return {"vision.out": patches, "projector.in": patches, "projector.out": [n // unit for n in patches]}
+
+    def _ordered_rows(self, site: str, flat: torch.Tensor, batch: ModelInputs) -> torch.Tensor:
+        """Undo Qwen2.5-VL's window order (identity for Qwen2-VL)."""
+        level = "merged" if site == "projector.out" else "patch"
+        return flat[self.vision_order(batch.inputs["image_grid_thw"], level).to(flat.device)]
+
+    def visual_layout(self, batch: ModelInputs) -> list[VisualLayout]:
+        """One tile, the whole image (resized by the processor to a multiple of the merged patch): tokens row-major."""
+        merge = self.model.config.vision_config.spatial_merge_size
+        out = []
+        for b, (t, h, w) in enumerate(batch.inputs["image_grid_thw"].tolist()):
+            size = batch.image_size(b)
+            whole = (0.0, 0.0, float(size[1]), float(size[0]))
+            layout = grid_layout(0, whole, h // merge, w // merge, size)
+            out.append(VisualLayout.concat([layout] * t))  # an image has t = 1 (its frame doubled in time)
+        return out
 
     def _roles(self) -> dict[int, Segment]:
         cfg = self.model.config

@@ -45,16 +45,9 @@ def test_families_cover_tiny_models(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_models):
+def adapters(tiny_adapter):
     """family -> its adapter over the session's tiny model."""
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = adapter_for(*tiny_models[family])
-        return cache[family]
-
-    return get
+    return tiny_adapter
 
 
 def _examples(adapter) -> list[Example]:

@@ -1,4 +1,4 @@
-"""Per-component freezing through the adapter's canonical sites."""
+"""Per-component freezing through the adapter's components."""
 
 from __future__ import annotations
 
@@ -7,19 +7,32 @@ from torch import nn
 from probe.models.base import ModelAdapter
 from train.sft.config import frozen_layer_indices
 
+_LANGUAGE = ("embed", "final_norm", "lm_head")
 
-def component_parameters(adapter: ModelAdapter, component: str) -> list[nn.Parameter]:
-    """Parameters of a named component: vision, projector, embeddings or decoder (everything else)."""
-    if component == "vision":
-        return list(adapter.vision_tower.parameters())
-    if component == "projector":
-        return list(adapter.projector.parameters())
-    if component == "embeddings":
-        return list(adapter.input_embeddings.parameters())
-    if component == "decoder":
-        other = {id(p) for c in ("vision", "projector") for p in component_parameters(adapter, c)}
-        return [p for p in adapter.model.parameters() if id(p) not in other]
-    raise ValueError(f"unknown component {component!r}")
+
+def freeze_components(adapter: ModelAdapter, choice: str) -> list[str]:
+    """The adapter components a `--freeze` choice names.
+
+    vision: the whole vision encoder; projector: the projector and any family extra between it and the
+    decoder (LLaVA-NeXT's `image_newline`, trained with the projector in LLaVA-NeXT's recipe); embeddings:
+    the input embeddings (and lm_head when tied to them); decoder: embeddings, every layer, final norm, lm_head.
+    """
+    names = adapter.component_names()
+    layers = [n for n in names if n.startswith("lm.layer.")]
+    if choice == "vision":
+        return ["vision"]
+    if choice == "projector":
+        return [n for n in names if n not in ("vision", *_LANGUAGE, *layers)]
+    if choice == "embeddings":
+        return ["embed"]
+    if choice == "decoder":
+        return [n for n in names if n in _LANGUAGE or n in layers]
+    raise ValueError(f"unknown component {choice!r}")
+
+
+def component_parameters(adapter: ModelAdapter, choice: str) -> list[nn.Parameter]:
+    """Parameters of a `--freeze` choice (vision, projector, embeddings or decoder)."""
+    return [p for name in freeze_components(adapter, choice) for p in adapter.component_parameters(name).values()]
 
 
 def apply_freeze(adapter: ModelAdapter, freeze: tuple[str, ...]) -> int:
@@ -29,12 +42,10 @@ def apply_freeze(adapter: ModelAdapter, freeze: tuple[str, ...]) -> int:
     bad = sorted(i for i in layers if i >= n_layers)
     if bad:
         raise ValueError(f"freeze: decoder layer(s) {bad} out of range (model has {n_layers})")
-    for tok in freeze:
-        if not tok.startswith("layer"):
-            for p in component_parameters(adapter, tok):
-                p.requires_grad_(False)
-    for i in layers:
-        for p in adapter.decoder_layers[i].parameters():
+    names = [n for tok in freeze if not tok.startswith("layer") for n in freeze_components(adapter, tok)]
+    names += [f"lm.layer.{i}" for i in sorted(layers)]
+    for name in names:
+        for p in adapter.component_parameters(name).values():
             p.requires_grad_(False)
     return sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
 
@@ -44,13 +55,11 @@ def lora_target_modules(adapter: ModelAdapter, freeze: tuple[str, ...]) -> list[
     if "decoder" in freeze:
         return []
     skip = frozen_layer_indices(freeze)
-    layer_ids = {id(layer): i for i, layer in enumerate(adapter.decoder_layers)}
-    names = {id(m): n for n, m in adapter.model.named_modules()}
     targets: list[str] = []
-    for layer_id, i in layer_ids.items():
+    for i in range(adapter.num_layers):
         if i in skip:
             continue
-        layer = adapter.decoder_layers[i]
-        prefix = names[layer_id]
+        prefix = adapter.component_path(f"lm.layer.{i}")
+        layer = adapter.component(f"lm.layer.{i}")
         targets += [f"{prefix}.{n}" for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
     return targets
