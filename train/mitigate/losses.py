@@ -62,9 +62,14 @@ def wasserstein(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(np.mean(cost[rows, cols]))
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half-precision logits lose the log-probabilities' small differences)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row mean log-probability of the labelled tokens (labels -100 elsewhere; causal shift applied): [batch]."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    logp = F.log_softmax(_wide(logits[:, :-1]), dim=-1)
     target = labels[:, 1:]
     mask = target != -100
     picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
@@ -92,8 +97,8 @@ def answer_kl(logits_ref: torch.Tensor, logits: torch.Tensor, labels: torch.Tens
     close to the frozen model's prediction *with* the image — in the mode-covering direction (bounded below by 0).
     """
     mask = (labels[:, 1:] != -100)
-    ref = F.log_softmax(logits_ref[:, :-1].float().detach(), dim=-1)
-    cur = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    ref = F.log_softmax(_wide(logits_ref[:, :-1]).detach(), dim=-1)
+    cur = F.log_softmax(_wide(logits[:, :-1]), dim=-1)
     kl = (ref.exp() * (ref - cur)).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
