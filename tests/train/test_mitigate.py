@@ -66,6 +66,22 @@ def test_modality_ranks_proportional_with_the_same_budget() -> None:
         modality_ranks([0.0, 0.0], 4)
 
 
+def test_layer_share_is_the_visual_segment_mean() -> None:
+    import numpy as np
+    import xarray as xr
+
+    from train.mitigate.lora import layer_visual_share
+
+    share = np.zeros((2, 3, 2, 1, 2))  # example, layer, head, source, segment (visual, text)
+    share[..., 0] = np.arange(3)[None, :, None, None] * 0.1 + np.array([0.0, 0.2])[:, None, None, None]
+    share[..., 1] = 1 - share[..., 0]
+    ds = xr.Dataset({"attn_share": (("example", "layer", "head", "source", "segment"), share)},
+                    coords={"layer": [0, 1, 2], "segment": ["visual", "text"]})
+    np.testing.assert_allclose(layer_visual_share(ds), [0.1, 0.2, 0.3], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="every decoder layer"):
+        layer_visual_share(ds.isel(layer=[0, 2]))
+
+
 def test_bare_or_unmatched_pattern_keys_raise(tiny_llava_pair) -> None:
     names = [n for n, _ in tiny_llava_pair[0].named_modules()]
     with pytest.raises(ValueError, match="vision_tower"):  # a bare q_proj also matches the vision tower's

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 from torch import nn
 
 from probe.models.base import ModelAdapter
 from train.sft.freeze import freeze_components, lora_target_modules
 
 
-def layer_visual_share(store: str | Path) -> np.ndarray:
+def layer_visual_share(store: str | Path | xr.Dataset) -> np.ndarray:
     """Per decoder layer, the mean share of attention on visual tokens in a base store: [n_layers].
 
     This is the proposal's cross-modal integration measure (`attn_share`, higher = more integrated). Huang et
@@ -22,11 +23,11 @@ def layer_visual_share(store: str | Path) -> np.ndarray:
     from probe.analysis.attention import visual_share
     from probe.store import open_store
 
-    ds = open_store(store).dataset
+    ds = store if isinstance(store, xr.Dataset) else open_store(store).dataset
     share = visual_share(ds).mean(dim=[d for d in ("example", "head", "source") if d in ds["attn_share"].dims])
     layers = [int(v) for v in share["layer"].values]
     if layers != list(range(len(layers))):
-        raise ValueError(f"{store}: attn_share recorded for layers {layers}; modality-aware ranks need every decoder layer")
+        raise ValueError(f"{'store' if isinstance(store, xr.Dataset) else store}: attn_share recorded for layers {layers}; modality-aware ranks need every decoder layer")
     return np.asarray(share.values, dtype=np.float64)
 
 
