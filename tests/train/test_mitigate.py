@@ -159,3 +159,27 @@ def test_cli_trains_a_yaml_recipe(tmp_path, tiny_llava_dir, answered) -> None:
     assert (tmp_path / "out" / "main" / "final" / "mitigate.yaml").is_file()
     bad = CliRunner().invoke(app, ["mitigate", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o2")])
     assert bad.exit_code != 0 and "missing.yaml" in bad.output
+
+
+def test_align_targets_come_from_the_initial_tower_when_vision_trains(tiny_llava_dir, answered) -> None:
+    """With the vision tower trainable, targets are a frozen copy's features, not the drifting live tower's."""
+    from probe.data.manifest import read_manifest
+    from train.mitigate.loop import _Trainer
+
+    cfg = vdc(tiny_llava_dir, answered, lora_r=0, freeze=(), projector_beta=0.0, drift_weight=0.0, contrast_weight=0.0,
+              contrast_kl=0.0, align_alpha=0.0, anchor_manifest=None)
+    tr = _Trainer(cfg, str(tiny_llava_dir), torch.device("cpu"))
+    batch = tr.adapter.build_inputs(read_manifest(answered)[:2], padding_side="right")
+    fresh = _Trainer(cfg.replace(freeze=("vision",)), str(tiny_llava_dir), torch.device("cpu"))
+    want = fresh.targets(batch, None)  # vision frozen: the live projector input is the initial tower's
+    with torch.no_grad():
+        for p in tr.adapter.component("vision").parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    got = tr.targets(batch, None)
+    drifted = fresh.targets(batch, None)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+    with torch.no_grad():  # and the perturbation did change what the live tower gives
+        for p in fresh.adapter.component("vision").parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert not torch.allclose(fresh.targets(batch, None)[0], drifted[0])
