@@ -183,3 +183,16 @@ def test_align_targets_come_from_the_initial_tower_when_vision_trains(tiny_llava
         for p in fresh.adapter.component("vision").parameters():
             p.add_(0.1 * torch.randn_like(p))
     assert not torch.allclose(fresh.targets(batch, None)[0], drifted[0])
+
+
+def test_posthoc_stage_changes_only_the_projector(tmp_path, tiny_llava_dir, answered) -> None:
+    from train.mitigate import ProjectorStage
+
+    cfg = MitigateConfig(name="posthoc", model=str(tiny_llava_dir), train_manifest=str(answered), batch_size=4,
+                         max_steps=1, lora_r=4, threads=1, device="cpu",
+                         post=ProjectorStage(manifest=str(answered), steps=2, lr=1e-2))
+    result = mitigate(cfg, tmp_path, progress=False)
+    assert result.final == tmp_path / "post" / "final"
+    main, post = load_file(tmp_path / "main" / "final" / "model.safetensors"), load_file(result.final / "model.safetensors")
+    changed = {n for n in main if not torch.equal(main[n], post[n])}
+    assert changed and all("multi_modal_projector." in n for n in changed), sorted(changed)[:3]
