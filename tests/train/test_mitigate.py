@@ -196,3 +196,37 @@ def test_posthoc_stage_changes_only_the_projector(tmp_path, tiny_llava_dir, answ
     main, post = load_file(tmp_path / "main" / "final" / "model.safetensors"), load_file(result.final / "model.safetensors")
     changed = {n for n in main if not torch.equal(main[n], post[n])}
     assert changed and all("multi_modal_projector." in n for n in changed), sorted(changed)[:3]
+
+
+WORKER = """
+import sys
+from train.mitigate import load_config, mitigate
+from accelerate import PartialState
+mitigate(load_config(sys.argv[1]), sys.argv[2], progress=False)
+print("world", PartialState().num_processes, "rank", PartialState().process_index, flush=True)
+"""
+
+
+def test_two_cpu_processes_equal_one(tmp_path, tiny_llava_dir, answered) -> None:
+    """Data parallel over 2 gloo CPU processes (torchrun) gives the 1-process run's weights and losses."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = vdc(tiny_llava_dir, answered, max_steps=2, checkpoint_every=10)
+    one = mitigate(cfg, tmp_path / "one", progress=False)
+    path = save_config(cfg, tmp_path / "r.yaml")
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                           str(tmp_path / "worker.py"), str(path), str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("world")) == ["world 2 rank 0", "world 2 rank 1"]
+    a, b = load_file(one.final / "model.safetensors"), load_file(tmp_path / "two" / "main" / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+    rows = lambda p: [json.loads(x) for x in (p / "main" / "steps.jsonl").read_text().splitlines()]  # noqa: E731
+    for x, y in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+        for key in ("task", "drift", "contrast", "align", "loss"):
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), key

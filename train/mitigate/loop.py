@@ -63,10 +63,13 @@ def mitigate(
     saved = out / CONFIG_FILE
     if saved.is_file() and resume and config_dict(load_config(saved, resolve_paths=False)) != config_dict(cfg):
         raise ValueError(f"{out}: holds a different recipe ({saved}); use another --out or --no-resume")
-    if not resume:
-        for sub in ("pre", "main", "post"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    save_config(cfg, saved)
+    par = _Parallel(cfg.device)
+    if par.main:
+        if not resume:
+            for sub in ("pre", "main", "post"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+        save_config(cfg, saved)
+    par.barrier()
     model = cfg.model
     if cfg.pre is not None:
         model = str(_run(_projector_config(cfg, cfg.pre), model, out / "pre", progress=progress).final)
@@ -74,7 +77,9 @@ def mitigate(
     final = main.final
     if cfg.post is not None:
         final = _run(_projector_config(cfg, cfg.post), str(final), out / "post", progress=progress).final
-    save_config(cfg, final)
+    if par.main:
+        save_config(cfg, final)
+    par.barrier()
     return MitigateResult(out, final, main.steps, main.seconds, main.step_seconds, main.resumed_from)
 
 
@@ -186,9 +191,17 @@ class _Trainer:
             setattr(parent, leaf, live)
         return got[0]
 
-    def step_losses(self, batch: list[Example]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_losses(self, batch: list[Example], par: "_Parallel") -> tuple[torch.Tensor, dict[str, float]]:
+        """This process's share of the step's loss (its gradients summed over processes give the whole batch's).
+
+        Each mean over rows or answer tokens is rescaled to a sum over this shard divided by the count over all
+        shards; terms every process computes alike (the anchors') are divided by the number of processes.
+        """
         cfg = self.cfg
         inputs = self.adapter.build_inputs(batch, padding_side="right").to(self.device)
+        local_tok = int((inputs.labels[:, 1:] != -100).sum())
+        tok_share = local_tok / par.sum(local_tok)
+        row_share = len(batch) / par.sum(len(batch))
         captured: list[torch.Tensor] = []
         handle = None
         if cfg.align_weight and self.ref_vision is None:
@@ -200,8 +213,8 @@ class _Trainer:
         finally:
             if handle is not None:
                 handle.remove()
-        total = out.loss
-        row: dict[str, float] = {"task": float(out.loss.detach())}
+        total = out.loss * tok_share
+        row: dict[str, float] = {"task": float(out.loss.detach()) * tok_share}
         drift = 0.0
         if self.anchors is not None:
             v = self.anchors.projected(self.model)
@@ -211,13 +224,13 @@ class _Trainer:
             row["drift_w_embed"] = wasserstein(w, self.w0)
             if cfg.drift_weight:
                 l_drift = rbf_mmd2(v, w)
-                total = total + cfg.drift_weight * l_drift
-                row["drift"] = float(l_drift.detach())
+                total = total + cfg.drift_weight * l_drift / par.world
+                row["drift"] = float(l_drift.detach()) / par.world
         if cfg.contrast_weight:
             blank = self.adapter.build_inputs(_blank(batch), padding_side="right").to(self.device)
             out_b = self.model(**blank.inputs)
             l_c = contrast_margin(answer_logprob(out.logits, inputs.labels), answer_logprob(out_b.logits, inputs.labels),
-                                  cfg.contrast_margin)
+                                  cfg.contrast_margin) * row_share
             if cfg.contrast_kl:
                 with torch.no_grad():
                     if self.ref_model is not None:
@@ -225,7 +238,7 @@ class _Trainer:
                     else:
                         with self.model.disable_adapter():
                             ref = self.model(**inputs.inputs).logits
-                l_c = l_c + cfg.contrast_kl * answer_kl(ref, out.logits, inputs.labels)
+                l_c = l_c + cfg.contrast_kl * answer_kl(ref, out.logits, inputs.labels) * tok_share
             total = total + cfg.contrast_weight * l_c
             row["contrast"] = float(l_c.detach())
         if cfg.align_weight:
@@ -237,7 +250,7 @@ class _Trainer:
                 for b, target in enumerate(targets):
                     preds.append(self.head(hs[b, self.adapter.visual_positions(inputs.segments, b)]))
                     tgts.append(target)
-            l_a = align_loss(preds, tgts)
+            l_a = align_loss(preds, tgts) * row_share
             weight = align_weight(cfg.align_weight, cfg.align_alpha, drift)
             total = total + weight * l_a
             row["align"] = float(l_a.detach())
@@ -250,6 +263,46 @@ class _Trainer:
         return self.model.merge_and_unload() if self.cfg.lora_r else self.model
 
 
+class _Parallel:
+    """Data parallelism through accelerate's process state: shards of each batch, gradients summed, rank 0 writes.
+
+    Gradients are all-reduced by hand rather than through DDP because a VDC step runs several forwards
+    (image, blank image, anchors) before one backward.
+    """
+
+    def __init__(self, device: str) -> None:
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=device == "cpu")
+        self.world, self.rank = self.state.num_processes, self.state.process_index
+        self.main = self.state.is_main_process
+        self.device = self.state.device if device in ("auto", "cpu") or self.world > 1 else torch.device(device)
+
+    def shard(self, batch: list[Example]) -> list[Example]:
+        if len(batch) < self.world:
+            raise ValueError(f"batch of {len(batch)} cannot be split over {self.world} processes")
+        return batch[self.rank :: self.world]
+
+    def sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+
 def _blank(batch: list[Example]) -> list[Example]:
     """The batch with every image replaced by a black image of the same size."""
     out = []
@@ -260,10 +313,6 @@ def _blank(batch: list[Example]) -> list[Example]:
     return out
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
          callback: Callable[[int, dict], None] | None = None) -> _Stage:
     final = folder / "final"
@@ -272,8 +321,8 @@ def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
-    tr = _Trainer(cfg, model_path, device)
+    par = _Parallel(cfg.device)
+    tr = _Trainer(cfg, model_path, par.device)
     examples = read_manifest(cfg.train_manifest)
     missing = [ex.id for ex in examples if ex.answer is None]
     if not examples or missing:
@@ -301,29 +350,39 @@ def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
             tr.v0 = tr.anchors.projected(tr.model).detach().clone()
             tr.w0 = tr.anchors.word_embeddings().detach().clone()
     log_path = folder / LOG
-    _truncate(log_path, start)
+    if par.main:
+        _truncate(log_path, start)
     t0 = time.perf_counter()
     times: list[float] = []
-    bar = progress_bar(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=cfg.name, disable=not progress)
-    with log_path.open("a", encoding="utf-8") as log:
+    bar = progress_bar(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=cfg.name,
+                       disable=not (progress and par.main))
+    shared = {"drift_mmd_v", "drift_w_embed", "align_weight"}  # the same on every process
+    with open(log_path if par.main else "/dev/null", "a", encoding="utf-8") as log:
         for step in bar:
             ts = time.perf_counter()
-            loss, row = tr.step_losses(batch(step))
+            loss, row = tr.step_losses(par.shard(batch(step)), par)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            par.reduce_grads(list(params.values()))
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
             opt.step()
             times.append(time.perf_counter() - ts)
             done = step + 1
-            row = {"step": done, **row, "seconds": round(times[-1], 4)}
+            row = {"step": done, **{k: v if k in shared else par.sum(v) for k, v in row.items()},
+                   "seconds": round(times[-1], 4)}
             log.write(json.dumps(row) + "\n")
             log.flush()
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                _save(folder, done, tr, opt, cfg.keep_checkpoints)
+                if par.main:
+                    _save(folder, done, tr, opt, cfg.keep_checkpoints)
+                par.barrier()
             if callback is not None:
                 callback(done, row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
     model = tr.final_model().eval()
+    if not par.main:
+        par.barrier()
+        return _Stage(final, cfg.max_steps, time.perf_counter() - t0, float("nan"), start)
     tmp = folder / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -332,6 +391,7 @@ def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
         save_file({n: p.detach().contiguous().cpu() for n, p in tr.head.state_dict().items()}, tmp / "align_head.safetensors")
     save_config(cfg, tmp / CONFIG_FILE)
     tmp.rename(final)  # visible only once complete
+    par.barrier()
     step_s = statistics.median(times[1:] if len(times) > 1 else times) if times else float("nan")
     return _Stage(final, cfg.max_steps, time.perf_counter() - t0, step_s, start)
 
