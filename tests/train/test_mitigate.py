@@ -130,6 +130,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_llava_dir, answer
         mitigate(cfg, tmp_path / "killed", progress=False, callback=kill)
     resumed = mitigate(cfg, tmp_path / "killed", progress=False)
     assert resumed.resumed_from == 2
+    again = mitigate(cfg, tmp_path / "killed", progress=False)  # finished: kept, step time read from its log
+    assert again.final == resumed.final and again.step_seconds > 0
     a, b = load_file(whole.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
     assert set(a) == set(b)
     for name in a:

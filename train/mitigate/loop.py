@@ -316,8 +316,11 @@ def _blank(batch: list[Example]) -> list[Example]:
 def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
          callback: Callable[[int, dict], None] | None = None) -> _Stage:
     final = folder / "final"
-    if (final / "config.json").is_file():
-        return _Stage(final, cfg.max_steps, 0.0, float("nan"), cfg.max_steps)
+    if (final / "config.json").is_file():  # finished earlier: its step times are in its log
+        logged = [json.loads(ln)["seconds"] for ln in (folder / LOG).read_text().splitlines() if ln.strip()] \
+            if (folder / LOG).is_file() else []
+        step_s = statistics.median(logged[1:] if len(logged) > 1 else logged) if logged else float("nan")
+        return _Stage(final, cfg.max_steps, 0.0, step_s, cfg.max_steps)
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
