@@ -205,7 +205,8 @@ import sys
 from train.mitigate import load_config, mitigate
 from accelerate import PartialState
 mitigate(load_config(sys.argv[1]), sys.argv[2], progress=False)
-print("world", PartialState().num_processes, "rank", PartialState().process_index, flush=True)
+state = PartialState()
+open(f"{sys.argv[2]}/world-{state.process_index}.txt", "w").write(f"world {state.num_processes} rank {state.process_index}")
 """
 
 
@@ -224,7 +225,8 @@ def test_two_cpu_processes_equal_one(tmp_path, tiny_llava_dir, answered) -> None
                            str(tmp_path / "worker.py"), str(path), str(tmp_path / "two")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("world")) == ["world 2 rank 0", "world 2 rank 1"]
+    seen = sorted(p.read_text() for p in (tmp_path / "two").glob("world-*.txt"))
+    assert seen == ["world 2 rank 0", "world 2 rank 1"]  # two processes in one group, not two separate runs
     a, b = load_file(one.final / "model.safetensors"), load_file(tmp_path / "two" / "main" / "final" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
