@@ -41,6 +41,19 @@ def sft_command(
     typer.echo(f"{result.steps} steps in {result.seconds:.1f}s -> {result.out_dir / 'final'}")
 
 
+@app.command("mitigate")
+def mitigate_command(
+    config: Path = typer.Argument(..., help="recipe YAML (MitigateConfig fields; paths relative to the file)"),
+    out: Path = typer.Option(..., "--out", help="output folder ([pre/] main/ [post/], steps.jsonl, final model)"),
+    no_resume: bool = typer.Option(False, "--no-resume", help="start over instead of continuing a killed run"),
+) -> None:
+    """Train a mitigation recipe (VDC or a baseline) from CONFIG."""
+    from train.mitigate import mitigate
+
+    result = mitigate(config, out, resume=not no_resume)
+    typer.echo(f"{result.steps} steps, {result.step_seconds:.3f}s/step -> {result.final}")
+
+
 @app.command("organism")
 def organism_command(
     out: Path = typer.Option(..., "--out", help="output folder (data/, base/, ko_ft/)"),

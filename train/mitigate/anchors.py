@@ -1,0 +1,63 @@
+"""Anchors: bilingual image–concept pairs whose projected visual tokens and concept-word embeddings VDC watches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from probe.data.example import Example
+from probe.models.base import ModelAdapter
+
+
+class _Stop(Exception):
+    """Raised by the projector hook: the decoder is not needed for the anchors."""
+
+
+def anchor_examples(examples: Sequence[Example], lang: str, per_concept: int) -> list[Example]:
+    """The first `per_concept` image-dependent examples in `lang` per distinct answer (the concept word), by id."""
+    by_word: dict[str, list[Example]] = {}
+    for ex in sorted(examples, key=lambda e: e.id):
+        if ex.lang == lang and ex.image_dependent and ex.answer:
+            group = by_word.setdefault(ex.answer, [])
+            if len(group) < per_concept:
+                group.append(ex)
+    if len(by_word) < 2:
+        raise ValueError(f"anchors: need >= 2 concepts with image-dependent {lang!r} examples, found {sorted(by_word)}")
+    return [ex for word in sorted(by_word) for ex in by_word[word]]
+
+
+class Anchors:
+    """Projector outputs of the anchor images and the input embeddings of their concept words, under the current weights."""
+
+    def __init__(self, adapter: ModelAdapter, examples: Sequence[Example], device: torch.device | str = "cpu") -> None:
+        self.adapter = adapter
+        self.batch = adapter.build_inputs([replace(ex, answer=None) for ex in examples], padding_side="right").to(device)
+        self.words = sorted({ex.answer for ex in examples if ex.answer})
+        tok = adapter.processor.tokenizer
+        self.word_ids = [torch.tensor(tok(w, add_special_tokens=False)["input_ids"], device=device) for w in self.words]
+
+    def projected(self, model: torch.nn.Module) -> torch.Tensor:
+        """Every anchor image's visual tokens as the decoder receives them: [tokens, d] (vision + projector only)."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _args, output):
+            captured.append(self.adapter.site_tensor("projector.out", output))
+            raise _Stop
+
+        handle = self.adapter.component("projector").register_forward_hook(hook)
+        try:
+            model(**self.batch.inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"anchors: the projector of {self.adapter.name!r} did not run")
+        return torch.cat(self.adapter.visual_rows("projector.out", captured[0], self.batch))
+
+    def word_embeddings(self) -> torch.Tensor:
+        """Each concept word's input embedding (mean over its tokens; one token with a subword vocabulary): [words, d]."""
+        table = self.adapter.component("embed").weight
+        return torch.stack([table[ids].mean(0) for ids in self.word_ids])

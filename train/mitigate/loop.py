@@ -1,0 +1,446 @@
+"""`mitigate`: train one recipe (optional projector stage, main stage, optional post-hoc projector stage), resumable."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from probe.data.example import Example
+from probe.data.manifest import read_manifest
+from probe.models.base import ModelAdapter
+from probe.models.loading import load_model, save_processor
+from probe.progress import progress_bar
+from train.mitigate.anchors import Anchors, anchor_examples
+from train.mitigate.config import CONFIG_FILE, MitigateConfig, ProjectorStage, config_dict, load_config, save_config
+from train.mitigate.lora import layer_visual_share, lora_plan, modality_ranks, wrap_lora
+from train.mitigate.losses import (
+    AlignHead, align_loss, align_weight, answer_kl, answer_logprob, contrast_margin, rbf_mmd2, wasserstein,
+)
+from train.sft.freeze import apply_freeze
+from train.sft.loop import StopTraining, batch_indices
+from train.sft.state import has_state, load_state, save_state
+
+LOG = "steps.jsonl"
+TRAINABLE = "trainable.safetensors"
+HEAD = "align_head."
+
+
+@dataclass
+class MitigateResult:
+    """Where the recipe's final model is, and how its main stage went."""
+
+    out_dir: Path
+    final: Path
+    steps: int
+    seconds: float
+    step_seconds: float
+    resumed_from: int
+
+
+def mitigate(
+    config: MitigateConfig | str | Path, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> MitigateResult:
+    """Train a recipe into out_dir: [pre/] main/ [post/], each with steps.jsonl, checkpoints and final/ (a merged model).
+
+    The recipe is saved as out_dir/mitigate.yaml and beside every final model. With `resume`, a finished stage
+    is kept and an unfinished one continues from its newest checkpoint; a different recipe in out_dir raises.
+    `callback(step, log_row)` runs after every main-stage step (raise StopTraining to simulate a kill).
+    """
+    cfg = load_config(config) if isinstance(config, (str, Path)) else config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / CONFIG_FILE
+    if saved.is_file() and resume and config_dict(load_config(saved, resolve_paths=False)) != config_dict(cfg):
+        raise ValueError(f"{out}: holds a different recipe ({saved}); use another --out or --no-resume")
+    par = _Parallel(cfg.device)
+    if par.main:
+        if not resume:
+            for sub in ("pre", "main", "post"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+        save_config(cfg, saved)
+    par.barrier()
+    model = cfg.model
+    if cfg.pre is not None:
+        model = str(_run(_projector_config(cfg, cfg.pre), model, out / "pre", progress=progress).final)
+    main = _run(cfg, model, out / "main", progress=progress, callback=callback)
+    final = main.final
+    if cfg.post is not None:
+        final = _run(_projector_config(cfg, cfg.post), str(final), out / "post", progress=progress).final
+    if par.main:
+        save_config(cfg, final)
+    par.barrier()
+    return MitigateResult(out, final, main.steps, main.seconds, main.step_seconds, main.resumed_from)
+
+
+def _projector_config(cfg: MitigateConfig, stage: ProjectorStage) -> MitigateConfig:
+    """Task-loss training of the projector alone (vision and decoder frozen, no LoRA, no extra terms)."""
+    return cfg.replace(train_manifest=stage.manifest, max_steps=stage.steps, lr=stage.lr, lora_r=0, lora_ranks="uniform",
+                       rank_store=None, projector_beta=0.0, freeze=("vision", "decoder"), drift_weight=0.0,
+                       contrast_weight=0.0, contrast_kl=0.0, align_weight=0.0, align_alpha=0.0, anchor_manifest=None,
+                       replay_manifest=None, replay_fraction=0.0, pre=None, post=None)
+
+
+@dataclass
+class _Stage:
+    final: Path
+    steps: int
+    seconds: float
+    step_seconds: float
+    resumed_from: int
+
+
+class _Trainer:
+    """One stage's model, trainable parameters, optional alignment head, anchors and loss terms."""
+
+    def __init__(self, cfg: MitigateConfig, model_path: str, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.adapter: ModelAdapter = load_model(model_path, attn_implementation="eager")
+        torch.manual_seed(cfg.seed)
+        base = self.adapter.model
+        for p in base.parameters():
+            p.requires_grad_(True)
+        apply_freeze(self.adapter, cfg.freeze)
+        self.ref_vision = None
+        if cfg.align_weight and any(p.requires_grad for p in self.adapter.component("vision").parameters()):
+            self.ref_vision = copy.deepcopy(self.adapter.component("vision")).eval().requires_grad_(False).to(device)
+        self.ref_model = None
+        if cfg.contrast_weight and cfg.contrast_kl and cfg.lora_r == 0:
+            self.ref_model = copy.deepcopy(base).eval().requires_grad_(False).to(device)
+        if cfg.lora_r:
+            ranks = modality_ranks(layer_visual_share(cfg.rank_store), cfg.lora_r) if cfg.lora_ranks == "modality" else None
+            plan = lora_plan(self.adapter, cfg.freeze, cfg.lora_r, cfg.lora_alpha, layer_ranks=ranks,
+                             projector_beta=cfg.projector_beta)
+            self.model = wrap_lora(base, plan)
+        else:
+            self.model = base
+        self.model.to(device).train()
+        self.head: AlignHead | None = None
+        self.anchors: Anchors | None = None
+        if cfg.uses_anchors:
+            examples = anchor_examples(read_manifest(cfg.anchor_manifest), cfg.anchor_lang, cfg.anchors_per_concept)
+            self.anchors = Anchors(self.adapter, examples, device)
+        self.v0: torch.Tensor | None = None
+        self.w0: torch.Tensor | None = None
+
+    # --- pieces of a step -----------------------------------------------------------------------
+    def init_head(self, batch: list[Example]) -> None:
+        """The alignment head, sized from the decoder width and the target features of a first batch."""
+        if not self.cfg.align_weight:
+            return
+        inputs = self.adapter.build_inputs(batch[:1], padding_side="right").to(self.device)
+        with torch.no_grad():
+            target = self.targets(inputs, None)[0]
+        torch.manual_seed(self.cfg.seed + 1)
+        self.head = AlignHead(self.adapter.text_config.hidden_size, self.cfg.align_hidden, target.shape[-1]).to(self.device)
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.head is not None:
+            params.update({HEAD + n: p for n, p in self.head.named_parameters()})
+        return params
+
+    def targets(self, inputs, captured: torch.Tensor | None) -> list[torch.Tensor]:
+        """Frozen vision features per example, one row per visual token: the projector's input of a frozen tower.
+
+        With the vision tower frozen (the usual recipe) that is the live projector input, captured in the
+        main forward at no cost; otherwise a frozen copy of the initial tower is swapped in for one vision pass.
+        """
+        if captured is None or self.ref_vision is not None:
+            captured = self._projector_input(inputs, swap=self.ref_vision is not None)
+        rows = self.adapter.visual_rows("projector.in", captured.detach(), inputs)
+        visual = self.adapter.n_visual_tokens(inputs.segments).tolist()
+        if [len(r) for r in rows] != visual:
+            raise ValueError(f"L_align: {self.adapter.name!r} has projector-input rows {[len(r) for r in rows]} for "
+                             f"{visual} visual tokens; one target row per visual token is needed")
+        return rows
+
+    def _projector_input(self, inputs, swap: bool) -> torch.Tensor:
+        from train.mitigate.anchors import _Stop
+
+        got: list[torch.Tensor] = []
+
+        def hook(_m, args, kwargs):
+            got.append(self.adapter.site_tensor("projector.in", (args, kwargs)))
+            raise _Stop
+
+        path = self.adapter.component_path("vision")
+        parent_path, _, leaf = path.rpartition(".")
+        parent = self.adapter.model.get_submodule(parent_path) if parent_path else self.adapter.model
+        live = getattr(parent, leaf)
+        handle = self.adapter.component("projector").register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            if swap:
+                setattr(parent, leaf, self.ref_vision)
+            with torch.no_grad():
+                self.model(**inputs.inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+            setattr(parent, leaf, live)
+        return got[0]
+
+    def step_losses(self, batch: list[Example], par: "_Parallel") -> tuple[torch.Tensor, dict[str, float]]:
+        """This process's share of the step's loss (its gradients summed over processes give the whole batch's).
+
+        Each mean over rows or answer tokens is rescaled to a sum over this shard divided by the count over all
+        shards; terms every process computes alike (the anchors') are divided by the number of processes.
+        """
+        cfg = self.cfg
+        inputs = self.adapter.build_inputs(batch, padding_side="right").to(self.device)
+        local_tok = int((inputs.labels[:, 1:] != -100).sum())
+        tok_share = local_tok / par.sum(local_tok)
+        row_share = len(batch) / par.sum(len(batch))
+        captured: list[torch.Tensor] = []
+        handle = None
+        if cfg.align_weight and self.ref_vision is None:
+            handle = self.adapter.component("projector").register_forward_pre_hook(
+                lambda _m, args, kwargs: captured.append(self.adapter.site_tensor("projector.in", (args, kwargs))),
+                with_kwargs=True)
+        try:
+            out = self.model(**inputs.inputs, labels=inputs.labels, output_hidden_states=bool(cfg.align_weight))
+        finally:
+            if handle is not None:
+                handle.remove()
+        total = out.loss * tok_share
+        row: dict[str, float] = {"task": float(out.loss.detach()) * tok_share}
+        drift = 0.0
+        if self.anchors is not None:
+            v = self.anchors.projected(self.model)
+            w = self.anchors.word_embeddings()
+            drift = float(rbf_mmd2(v.detach(), self.v0, unbiased=False))
+            row["drift_mmd_v"] = drift
+            row["drift_w_embed"] = wasserstein(w, self.w0)
+            if cfg.drift_weight:
+                l_drift = rbf_mmd2(v, w)
+                total = total + cfg.drift_weight * l_drift / par.world
+                row["drift"] = float(l_drift.detach()) / par.world
+        if cfg.contrast_weight:
+            blank = self.adapter.build_inputs(_blank(batch), padding_side="right").to(self.device)
+            out_b = self.model(**blank.inputs)
+            l_c = contrast_margin(answer_logprob(out.logits, inputs.labels), answer_logprob(out_b.logits, inputs.labels),
+                                  cfg.contrast_margin) * row_share
+            if cfg.contrast_kl:
+                with torch.no_grad():
+                    if self.ref_model is not None:
+                        ref = self.ref_model(**inputs.inputs).logits
+                    else:
+                        with self.model.disable_adapter():
+                            ref = self.model(**inputs.inputs).logits
+                l_c = l_c + cfg.contrast_kl * answer_kl(ref, out.logits, inputs.labels) * tok_share
+            total = total + cfg.contrast_weight * l_c
+            row["contrast"] = float(l_c.detach())
+        if cfg.align_weight:
+            targets = self.targets(inputs, captured[0] if captured else None)
+            layers = cfg.align_layers or (self.adapter.num_layers // 2,)
+            preds, tgts = [], []
+            for layer in layers:
+                hs = out.hidden_states[layer]
+                for b, target in enumerate(targets):
+                    preds.append(self.head(hs[b, self.adapter.visual_positions(inputs.segments, b)]))
+                    tgts.append(target)
+            l_a = align_loss(preds, tgts) * row_share
+            weight = align_weight(cfg.align_weight, cfg.align_alpha, drift)
+            total = total + weight * l_a
+            row["align"] = float(l_a.detach())
+            row["align_weight"] = weight
+        row["loss"] = float(total.detach())
+        return total, row
+
+    def final_model(self) -> torch.nn.Module:
+        """The trained model with LoRA merged in (a plain transformers model the probe loads directly)."""
+        return self.model.merge_and_unload() if self.cfg.lora_r else self.model
+
+
+class _Parallel:
+    """Data parallelism through accelerate's process state: shards of each batch, gradients summed, rank 0 writes.
+
+    Gradients are all-reduced by hand rather than through DDP because a VDC step runs several forwards
+    (image, blank image, anchors) before one backward.
+    """
+
+    def __init__(self, device: str) -> None:
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=device == "cpu")
+        self.world, self.rank = self.state.num_processes, self.state.process_index
+        self.main = self.state.is_main_process
+        self.device = self.state.device if device in ("auto", "cpu") or self.world > 1 else torch.device(device)
+
+    def shard(self, batch: list[Example]) -> list[Example]:
+        if len(batch) < self.world:
+            raise ValueError(f"batch of {len(batch)} cannot be split over {self.world} processes")
+        return batch[self.rank :: self.world]
+
+    def sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+
+def _blank(batch: list[Example]) -> list[Example]:
+    """The batch with every image replaced by a black image of the same size."""
+    out = []
+    for ex in batch:
+        with Image.open(ex.image) as im:
+            size = im.size
+        out.append(replace(ex, image=Image.new("RGB", size, (0, 0, 0))))
+    return out
+
+
+def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
+         callback: Callable[[int, dict], None] | None = None) -> _Stage:
+    final = folder / "final"
+    if (final / "config.json").is_file():  # finished earlier: its step times are in its log
+        logged = [json.loads(ln)["seconds"] for ln in (folder / LOG).read_text().splitlines() if ln.strip()] \
+            if (folder / LOG).is_file() else []
+        step_s = statistics.median(logged[1:] if len(logged) > 1 else logged) if logged else float("nan")
+        return _Stage(final, cfg.max_steps, 0.0, step_s, cfg.max_steps)
+    folder.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    par = _Parallel(cfg.device)
+    tr = _Trainer(cfg, model_path, par.device)
+    examples = read_manifest(cfg.train_manifest)
+    missing = [ex.id for ex in examples if ex.answer is None]
+    if not examples or missing:
+        raise ValueError(f"{cfg.train_manifest}: no examples" if not examples else
+                         f"{cfg.train_manifest}: example {missing[0]!r} has no answer")
+    replay = read_manifest(cfg.replay_manifest) if cfg.replay_manifest else []
+    n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if replay else 0
+
+    def batch(step: int) -> list[Example]:
+        main = [examples[i] for i in batch_indices(len(examples), step, cfg.batch_size - n_replay, cfg.seed)]
+        extra = [replay[i] for i in batch_indices(len(replay), step, n_replay, cfg.seed + 1)] if n_replay else []
+        return main + extra
+
+    tr.init_head(batch(0))
+    params = tr.trainable()
+    if not params:
+        raise ValueError(f"recipe {cfg.name!r}: nothing to train (freeze={cfg.freeze})")
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr)
+    start = 0
+    ckpts = _checkpoints(folder)
+    if ckpts:
+        start = _load(ckpts[-1], tr, opt)
+    elif tr.anchors is not None:
+        with torch.no_grad():
+            tr.v0 = tr.anchors.projected(tr.model).detach().clone()
+            tr.w0 = tr.anchors.word_embeddings().detach().clone()
+    log_path = folder / LOG
+    if par.main:
+        _truncate(log_path, start)
+    t0 = time.perf_counter()
+    times: list[float] = []
+    bar = progress_bar(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=cfg.name,
+                       disable=not (progress and par.main))
+    shared = {"drift_mmd_v", "drift_w_embed", "align_weight"}  # the same on every process
+    with open(log_path if par.main else "/dev/null", "a", encoding="utf-8") as log:
+        for step in bar:
+            ts = time.perf_counter()
+            loss, row = tr.step_losses(par.shard(batch(step)), par)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            par.reduce_grads(list(params.values()))
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            opt.step()
+            times.append(time.perf_counter() - ts)
+            done = step + 1
+            row = {"step": done, **{k: v if k in shared else par.sum(v) for k, v in row.items()},
+                   "seconds": round(times[-1], 4)}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+                if par.main:
+                    _save(folder, done, tr, opt, cfg.keep_checkpoints)
+                par.barrier()
+            if callback is not None:
+                callback(done, row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+    model = tr.final_model().eval()
+    if not par.main:
+        par.barrier()
+        return _Stage(final, cfg.max_steps, time.perf_counter() - t0, float("nan"), start)
+    tmp = folder / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    save_processor(tr.adapter.processor, tmp)
+    if tr.head is not None:
+        save_file({n: p.detach().contiguous().cpu() for n, p in tr.head.state_dict().items()}, tmp / "align_head.safetensors")
+    save_config(cfg, tmp / CONFIG_FILE)
+    tmp.rename(final)  # visible only once complete
+    par.barrier()
+    step_s = statistics.median(times[1:] if len(times) > 1 else times) if times else float("nan")
+    return _Stage(final, cfg.max_steps, time.perf_counter() - t0, step_s, start)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    root = folder / "checkpoints"
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and p.name[5:].isdigit() and has_state(p)] \
+        if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _save(folder: Path, step: int, tr: _Trainer, opt: torch.optim.Optimizer, keep: int) -> None:
+    path = folder / "checkpoints" / f"step-{step}"
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().contiguous().cpu() for n, p in tr.trainable().items()}, tmp / TRAINABLE)
+    anchors = {"v0": tr.v0, "w0": tr.w0} if tr.v0 is not None else {}
+    save_state({"step": step, "optimizer": opt.state_dict(), **anchors}, tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    for old in _checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load(path: Path, tr: _Trainer, opt: torch.optim.Optimizer) -> int:
+    tensors = load_file(path / TRAINABLE)
+    params = tr.trainable()
+    if set(params) != set(tensors):
+        raise ValueError(f"checkpoint {path}: trainable parameters differ from the recipe's (another freeze/LoRA?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n].to(p.device, p.dtype))
+    state = load_state(path)
+    opt.load_state_dict(state["optimizer"])
+    if tr.anchors is not None:
+        tr.v0, tr.w0 = state["v0"].to(tr.device), state["w0"].to(tr.device)
+    return int(state["step"])
+
+
+def _truncate(path: Path, step: int) -> None:
+    """Keep log rows up to `step` (rows after the checkpoint we resume from are redone)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+__all__ = ["MitigateResult", "StopTraining", "mitigate"]
