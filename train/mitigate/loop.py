@@ -381,7 +381,7 @@ def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
                 par.barrier()
             if callback is not None:
                 callback(done, row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)  # at the bar's own interval in logs
     model = tr.final_model().eval()
     if not par.main:
         par.barrier()
