@@ -14,6 +14,16 @@ import synthetic as S  # noqa: E402
 N = 60
 
 
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest runs the app as `__main__` and leaves it there; a later test whose multiprocessing
+    spawns workers (the dask LocalCluster test) would then re-run the dashboard script in each child."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def dash_root(tmp_path_factory) -> Path:
     """ROOT with before.zarr (visual share as drawn) and after.zarr (visual share × 0.3), LLaVA anyres layout."""
