@@ -15,6 +15,7 @@ from probe.models.base import BadExampleError
 from probe.models.registry import adapter_for
 from probe.provenance import weights_hash
 from probe.segments import Segment
+from tiny_vlm import forward_with_hooks
 
 # the keys of the session fixture `tiny_models` (tests/conftest.py); tiled variants get several tiles per image
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",
@@ -263,12 +264,7 @@ def test_visual_tokens_are_the_projector_outputs(adapters, family):
         adapter.module("projector.out").register_forward_hook(lambda m, i, o: seen.append(o)),
         adapter.module("lm.layer.{i}.resid", 0).register_forward_pre_hook(first_layer_input, with_kwargs=True),
     ]
-    try:
-        with torch.no_grad():
-            adapter.model(**batch.inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(adapter.model, batch.inputs, hooks)
     out = torch.cat([o.reshape(-1, o.shape[-1]) for o in seen])
     if family in ANYRES:
         _check_anyres_features(adapter, batch, out, fed["h"])

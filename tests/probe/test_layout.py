@@ -17,6 +17,7 @@ from probe.data.example import Example
 from probe.models.layout import VISUAL_SITES, VisualLayout
 from probe.models.registry import adapter_for
 from probe.segments import Segment
+from tiny_vlm import forward_with_hooks
 
 FAMILIES = ["llava", "llava_next", "llava_onevision", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
             "smolvlm", "idefics3", "smolvlm-split", "idefics3-split", "gemma3", "qwen3_vl"]
@@ -85,12 +86,7 @@ def _run(adapter, batch):
         adapter.module("projector.out").register_forward_hook(keep("projector.out", "output"), with_kwargs=True),
         adapter.module("lm.layer.{i}.resid", 0).register_forward_pre_hook(keep("decoder.in", "input"), with_kwargs=True),
     ]
-    try:
-        with torch.no_grad():
-            adapter.model(**batch.inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(adapter.model, batch.inputs, hooks)
     return seen
 
 

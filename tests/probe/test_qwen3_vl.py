@@ -20,6 +20,7 @@ from probe.data.example import Example
 from probe.models.llava import LlavaAdapter
 from probe.models.registry import adapter_class
 from probe.segments import Segment
+from tiny_vlm import forward_with_hooks
 
 
 def _examples() -> list[Example]:
@@ -39,12 +40,7 @@ def _run(adapter, batch, deepstack_layers):
         hooks.append(layer.register_forward_pre_hook(
             lambda m, a, k, j=j: layer_in.__setitem__(j, adapter.site_tensor("lm.layer.{i}.resid", (a, k))), with_kwargs=True))
         hooks.append(layer.register_forward_hook(lambda m, i, o, j=j: layer_out.__setitem__(j, adapter.site_tensor("", o))))
-    try:
-        with torch.no_grad():
-            adapter.model(**batch.inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(adapter.model, batch.inputs, hooks)
     return seen, layer_in, layer_out
 
 

@@ -142,3 +142,13 @@ def make_batch(tiny: TinyVLM, padding_side: str, layout: str = "ragged") -> tupl
     if tiny.family == "qwen2_vl":  # M-RoPE needs to know which tokens are image tokens (1) vs text (0)
         inputs["mm_token_type_ids"] = (input_ids == IMAGE_TOKEN).long()
     return inputs, segments, qpos
+
+
+def forward_with_hooks(model: nn.Module, inputs: dict[str, Any], hooks: list[Any]) -> None:
+    """Run `model(**inputs)` without gradients, then remove the hook handles (also when the forward fails)."""
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
