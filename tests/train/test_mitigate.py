@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,55 @@ def test_two_cpu_processes_equal_one(tmp_path, tiny_llava_dir, answered) -> None
     for x, y in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
         for key in ("task", "drift", "contrast", "align", "loss"):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), key
+
+
+def test_text_only_pass_equals_each_prompt_alone_without_its_image(tiny_llava_dir, answered) -> None:
+    """Oracle: each row run alone (batch 1, no padding) on its tokens minus the image span gives the same answer log-prob."""
+    from probe.data.manifest import read_manifest
+    from probe.models.loading import load_model
+    from probe.segments import Segment
+    from train.mitigate.loop import text_only
+    from train.mitigate.losses import answer_logprob
+
+    adapter = load_model(tiny_llava_dir, attn_implementation="eager")
+    examples = read_manifest(answered)[:4]
+    examples[1] = replace(examples[1], prompt=examples[1].prompt + " 좀 더 긴 질문")  # rows of different lengths
+    batch = adapter.build_inputs(examples, padding_side="right")
+    inputs, labels = text_only(batch, pad_id=0)
+    assert not (inputs["input_ids"] == adapter.image_token_id).any() and "pixel_values" not in inputs
+    with torch.no_grad():
+        got = answer_logprob(adapter.model(**inputs).logits, labels)
+        for row in range(len(examples)):
+            segs = batch.segments[row]
+            keep = (segs == int(Segment.TEXT)) | (segs == int(Segment.ANSWER))
+            ids, lab = batch.inputs["input_ids"][row][keep][None], batch.labels[row][keep][None]
+            want = answer_logprob(adapter.model(input_ids=ids).logits, lab)
+            torch.testing.assert_close(got[row : row + 1], want, rtol=0, atol=1e-5)
+    assert int(inputs["attention_mask"].sum()) == int(((batch.segments == int(Segment.TEXT)) |
+                                                     (batch.segments == int(Segment.ANSWER))).sum())
+
+
+def test_anchor_projection_from_cached_tower_output_equals_a_full_pass(tiny_llava_dir, answered) -> None:
+    """Vision frozen: after the projector changes, the cached-input projection equals a fresh full vision+projector pass."""
+    from probe.data.manifest import read_manifest
+    from probe.models.loading import load_model
+    from train.mitigate.anchors import Anchors, anchor_examples
+
+    adapter = load_model(tiny_llava_dir, attn_implementation="eager")
+    adapter.model.requires_grad_(False)
+    examples = anchor_examples(read_manifest(answered), "en", 2)
+    cached = Anchors(adapter, examples)
+    first = cached.projected(adapter.model)
+    assert cached._projector_args is not None  # the tower is frozen: its output was kept
+    with torch.no_grad():
+        for p in adapter.component("projector").parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    got = cached.projected(adapter.model)
+    want = Anchors(adapter, examples).projected(adapter.model)
+    assert not torch.allclose(got, first)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    for p in adapter.component("vision").parameters():  # a trainable tower: never cached
+        p.requires_grad_(True)
+    live = Anchors(adapter, examples)
+    live.projected(adapter.model)
+    assert live._projector_args is None

@@ -30,9 +30,10 @@ def test_mmd_hand_computed() -> None:
     assert float(rbf_mmd2(x, x, 1.0, unbiased=False)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_mmd_matches_probe_stats_with_median_heuristic() -> None:
+@pytest.mark.parametrize("n_y", [25, 26])  # 1485 distances (odd: one middle value) and 1540 (even: mean of two)
+def test_mmd_matches_probe_stats_with_median_heuristic(n_y: int) -> None:
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(30, 5)), rng.normal(0.5, 1.2, size=(25, 5))
+    x, y = rng.normal(size=(30, 5)), rng.normal(0.5, 1.2, size=(n_y, 5))
     assert float(median_bandwidth(torch.tensor(x), torch.tensor(y))) == pytest.approx(np_median_bandwidth(x, y), rel=1e-12)
     assert float(rbf_mmd2(torch.tensor(x), torch.tensor(y))) == pytest.approx(np_rbf_mmd2(x, y), abs=1e-12)
 

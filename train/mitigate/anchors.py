@@ -37,25 +37,46 @@ class Anchors:
         self.words = sorted({ex.answer for ex in examples if ex.answer})
         tok = adapter.processor.tokenizer
         self.word_ids = [torch.tensor(tok(w, add_special_tokens=False)["input_ids"], device=device) for w in self.words]
+        self._projector_args: tuple[tuple, dict] | None = None  # the projector's input, while the tower is frozen
 
     def projected(self, model: torch.nn.Module) -> torch.Tensor:
-        """Every anchor image's visual tokens as the decoder receives them: [tokens, d] (vision + projector only)."""
+        """Every anchor image's visual tokens as the decoder receives them: [tokens, d] (vision + projector only).
+
+        While the vision tower has no trainable parameter its output for the fixed anchor images never changes,
+        so the projector's input is captured once and only the projector runs afterwards (the same values as
+        a full vision pass, without it). A trainable tower is run every time.
+        """
+        frozen = not any(p.requires_grad for p in self.adapter.component_parameters("vision").values())
+        projector = self.adapter.component("projector")
+        if frozen and self._projector_args is not None:
+            args, kwargs = self._projector_args
+            return self._rows(projector(*args, **kwargs))
         captured: list[torch.Tensor] = []
+        inputs: list[tuple] = []
+
+        def pre(_module, args, kwargs):
+            inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                           {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}))
 
         def hook(_module, _args, output):
-            captured.append(self.adapter.site_tensor("projector.out", output))
+            captured.append(output)
             raise _Stop
 
-        handle = self.adapter.component("projector").register_forward_hook(hook)
+        handles = [projector.register_forward_pre_hook(pre, with_kwargs=True), projector.register_forward_hook(hook)]
         try:
             model(**self.batch.inputs)
         except _Stop:
             pass
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
         if not captured:
             raise RuntimeError(f"anchors: the projector of {self.adapter.name!r} did not run")
-        return torch.cat(self.adapter.visual_rows("projector.out", captured[0], self.batch))
+        self._projector_args = inputs[0] if frozen else None
+        return self._rows(captured[0])
+
+    def _rows(self, output) -> torch.Tensor:
+        return torch.cat(self.adapter.visual_rows("projector.out", self.adapter.site_tensor("projector.out", output), self.batch))
 
     def word_embeddings(self) -> torch.Tensor:
         """Each concept word's input embedding (mean over its tokens; one token with a subword vocabulary): [words, d]."""

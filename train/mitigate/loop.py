@@ -8,18 +8,18 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from probe.data.example import Example
 from probe.data.manifest import read_manifest
-from probe.models.base import ModelAdapter
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.loading import load_model, save_processor
 from probe.progress import progress_bar
+from probe.segments import Segment
 from train.mitigate.anchors import Anchors, anchor_examples
 from train.mitigate.config import CONFIG_FILE, MitigateConfig, ProjectorStage, config_dict, load_config, save_config
 from train.mitigate.lora import layer_visual_share, lora_plan, modality_ranks, wrap_lora
@@ -130,6 +130,8 @@ class _Trainer:
         if cfg.uses_anchors:
             examples = anchor_examples(read_manifest(cfg.anchor_manifest), cfg.anchor_lang, cfg.anchors_per_concept)
             self.anchors = Anchors(self.adapter, examples, device)
+        tok = getattr(self.adapter.processor, "tokenizer", self.adapter.processor)
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         self.v0: torch.Tensor | None = None
         self.w0: torch.Tensor | None = None
 
@@ -217,8 +219,9 @@ class _Trainer:
         row: dict[str, float] = {"task": float(out.loss.detach()) * tok_share}
         drift = 0.0
         if self.anchors is not None:
-            v = self.anchors.projected(self.model)
-            w = self.anchors.word_embeddings()
+            with torch.set_grad_enabled(bool(cfg.drift_weight)):  # only logged without L_drift: no graph needed
+                v = self.anchors.projected(self.model)
+                w = self.anchors.word_embeddings()
             drift = float(rbf_mmd2(v.detach(), self.v0, unbiased=False))
             row["drift_mmd_v"] = drift
             row["drift_w_embed"] = wasserstein(w, self.w0)
@@ -227,9 +230,9 @@ class _Trainer:
                 total = total + cfg.drift_weight * l_drift / par.world
                 row["drift"] = float(l_drift.detach()) / par.world
         if cfg.contrast_weight:
-            blank = self.adapter.build_inputs(_blank(batch), padding_side="right").to(self.device)
-            out_b = self.model(**blank.inputs)
-            l_c = contrast_margin(answer_logprob(out.logits, inputs.labels), answer_logprob(out_b.logits, inputs.labels),
+            text_inputs, text_labels = text_only(inputs, self.pad_id)
+            out_t = self.model(**text_inputs)
+            l_c = contrast_margin(answer_logprob(out.logits, inputs.labels), answer_logprob(out_t.logits, text_labels),
                                   cfg.contrast_margin) * row_share
             if cfg.contrast_kl:
                 with torch.no_grad():
@@ -267,7 +270,7 @@ class _Parallel:
     """Data parallelism through accelerate's process state: shards of each batch, gradients summed, rank 0 writes.
 
     Gradients are all-reduced by hand rather than through DDP because a VDC step runs several forwards
-    (image, blank image, anchors) before one backward.
+    (image, text only, anchors) before one backward.
     """
 
     def __init__(self, device: str) -> None:
@@ -303,14 +306,35 @@ class _Parallel:
             self.state.wait_for_everyone()
 
 
-def _blank(batch: list[Example]) -> list[Example]:
-    """The batch with every image replaced by a black image of the same size."""
-    out = []
-    for ex in batch:
-        with Image.open(ex.image) as im:
-            size = im.size
-        out.append(replace(ex, image=Image.new("RGB", size, (0, 0, 0))))
-    return out
+IMAGE_SEGMENTS = (Segment.VISUAL, Segment.IMAGE_START, Segment.IMAGE_END, Segment.IMAGE_SEP)
+
+
+def text_only(inputs: ModelInputs, pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch without its images: every image position (visual tokens, image markers, separators) removed.
+
+    The same token sequence as the model sees with the image, minus the image's span, right-padded again:
+    the decoder computes P(y | text) literally, as the proposal writes it, on a shorter sequence. Per-position
+    tensors (input_ids, attention_mask, token_type_ids, ...) are cut alike; image tensors are dropped.
+    Returns the forward's keyword arguments and the labels aligned with them.
+    """
+    segs = inputs.segments
+    keep = (segs != int(Segment.PAD)) & ~torch.isin(segs, torch.tensor([int(s) for s in IMAGE_SEGMENTS], device=segs.device))
+    lengths = keep.sum(-1)
+    width = int(lengths.max())
+    cols = torch.arange(width, device=segs.device)
+    valid = cols[None, :] < lengths[:, None]
+    # stable order of kept positions per row, padding positions after them
+    order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in inputs.inputs.items():
+        if not (isinstance(value, torch.Tensor) and value.shape[:2] == segs.shape):
+            continue  # pixel values, image sizes, grids: the images are gone
+        cut = value.gather(1, order.reshape(order.shape + (1,) * (value.dim() - 2)).expand(order.shape + value.shape[2:]))
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.where(valid.reshape(valid.shape + (1,) * (value.dim() - 2)), cut, torch.full_like(cut, fill))
+    out["attention_mask"] = valid.to(inputs.inputs["attention_mask"].dtype)
+    labels = inputs.labels.gather(1, order).masked_fill(~valid, -100)
+    return out, labels
 
 
 def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,

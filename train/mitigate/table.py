@@ -70,13 +70,54 @@ def recipe_rows(evals: Mapping[str, xr.Dataset], base: str, groups: Mapping[str,
 
 
 def format_rows(rows: Sequence[dict]) -> str:
-    """A plain-text table (95% intervals in brackets)."""
+    """A plain-text table (95% intervals in brackets; step × over seeds is mean [min, max])."""
     def ci(v: tuple[float, float, float], digits: int = 1) -> str:
         return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
     head = f"{'recipe':<24} {'KO vis. dep. % base':>26} {'EN vis. dep. % base':>26} {'KO text acc.':>24} {'step ×':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        step = f"{r['step_ratio']:.2f}"
+        if "step_ratio_range" in r:  # over seeds: mean [min, max]
+            step += f" [{r['step_ratio_range'][0]:.2f}, {r['step_ratio_range'][1]:.2f}]"
         lines.append(f"{r['recipe']:<24} {ci(r['ko_vd_pct']):>26} {ci(r['en_vd_pct']):>26} "
-                     f"{ci(r['ko_text_acc'], 3):>24} {r['step_ratio']:>7.2f}")
+                     f"{ci(r['ko_text_acc'], 3):>24} {step:>7}")
     return "\n".join(lines)
+
+
+def choose_budget(accuracy: Mapping[tuple[int, float], float], tol: float = 0.02) -> tuple[int, float]:
+    """The smallest budget on the plateau: fewest steps whose validation accuracy is within `tol` of the grid's best.
+
+    accuracy: (steps, lr) -> plain LoRA's accuracy on a validation split held out from its own training data.
+    Among learning rates tied at that step count: the higher accuracy, then the smaller lr. The rule is fixed
+    before the grid is run and looks at nothing but plain LoRA's own task fit.
+    """
+    if not accuracy:
+        raise ValueError("choose_budget: empty grid")
+    bad = {k: v for k, v in accuracy.items() if not np.isfinite(v)}
+    if bad:
+        raise ValueError(f"choose_budget: non-finite validation accuracy at {sorted(bad)}")
+    best = max(accuracy.values())
+    ok = [(steps, -acc, lr) for (steps, lr), acc in accuracy.items() if acc >= best - tol]
+    steps, _, lr = min(ok)
+    return steps, lr
+
+
+def pool_seeds(evals_by_seed: Mapping[int, Mapping[str, xr.Dataset]],
+               groups_by_seed: Mapping[int, Mapping[str, str]]) -> tuple[dict[str, xr.Dataset], dict[str, str]]:
+    """One evaluation per recipe over every seed's examples: ids and images prefixed `s<seed>/` (distinct units).
+
+    Each seed is its own organism, so an image of seed 0 and the same file name of seed 1 are different
+    units; the bootstrap then resamples images across seeds. Only recipes evaluated on every seed are kept.
+    """
+    names = set.intersection(*(set(ev) for ev in evals_by_seed.values()))
+    keep = ("visually_dependent", "correct", "has_partner")
+    pooled: dict[str, xr.Dataset] = {}
+    for name in [n for n in next(iter(evals_by_seed.values())) if n in names]:
+        parts = []
+        for seed, ev in evals_by_seed.items():
+            ds = ev[name][list(keep)].sel(condition=["real"])
+            parts.append(ds.assign_coords(example=[f"s{seed}/{i}" for i in ds["example"].values]))
+        pooled[name] = xr.concat(parts, dim="example")
+    groups = {f"s{seed}/{i}": f"s{seed}/{g}" for seed, gs in groups_by_seed.items() for i, g in gs.items()}
+    return pooled, groups
