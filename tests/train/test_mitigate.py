@@ -117,6 +117,15 @@ def test_vdc_logs_every_term_each_step(tmp_path, tiny_llava_dir, answered) -> No
     assert rows[0]["drift_w_embed"] == pytest.approx(0.0, abs=1e-9)  # LoRA leaves the embeddings alone
     assert load_config(result.final / "mitigate.yaml") == load_config(tmp_path / "run" / "mitigate.yaml")
     assert (result.final / "config.json").is_file() and (result.final / "align_head.safetensors").is_file()
+    # the figure written beside the run plots exactly the logged values: each trace's (x, y), read back from the
+    # HTML's plotly data, is the step and one column of steps.jsonl
+    html = (tmp_path / "run" / "main" / "steps.html").read_text(encoding="utf-8")
+    start = html.index("[", html.index("Plotly.newPlot("))
+    traces = {t["name"]: t for t in json.JSONDecoder().raw_decode(html, start)[0]}
+    assert set(traces) == {"loss", "task", "drift", "contrast", "align", "drift_mmd_v", "drift_w_embed", "align_weight"}
+    for key, trace in traces.items():
+        assert trace["x"] == [r["step"] for r in rows], key
+        assert trace["y"] == pytest.approx([r[key] for r in rows], rel=1e-12, abs=0), key
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_llava_dir, answered) -> None:

@@ -11,7 +11,7 @@ import torch
 from probe.analysis.stats import median_bandwidth as np_median_bandwidth
 from probe.analysis.stats import rbf_mmd2 as np_rbf_mmd2
 from train.mitigate.losses import (
-    AlignHead, align_loss, align_weight, answer_kl, answer_logprob, contrast_margin, median_bandwidth, rbf_mmd2,
+    AlignHead, align_loss, align_loss_rows, align_weight, answer_kl, answer_logprob, contrast_margin, median_bandwidth, rbf_mmd2,
     wasserstein,
 )
 
@@ -81,6 +81,8 @@ def test_align_loss_known_cosines() -> None:
     tgt = [torch.tensor([[3.0, 0.0], [1.0, 0.0]], **T), torch.tensor([[-1.0, -1.0]], **T)]
     # example 0: cos 1 and 0 -> -(1+0)/2; example 1: cos -1 -> +1; mean over examples
     assert float(align_loss(pred, tgt)) == pytest.approx((-0.5 + 1.0) / 2, abs=1e-12)
+    stacked = align_loss_rows(torch.cat(pred), torch.cat(tgt), [2, 1])  # the same, in one call
+    assert float(stacked) == pytest.approx((-0.5 + 1.0) / 2, abs=1e-12)
 
 
 def test_align_head_is_virals_mlp() -> None:

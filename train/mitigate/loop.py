@@ -22,9 +22,10 @@ from probe.progress import progress_bar
 from probe.segments import Segment
 from train.mitigate.anchors import Anchors, anchor_examples
 from train.mitigate.config import CONFIG_FILE, MitigateConfig, ProjectorStage, config_dict, load_config, save_config
+from train.mitigate.plot import write_steps_figure
 from train.mitigate.lora import layer_visual_share, lora_plan, modality_ranks, wrap_lora
 from train.mitigate.losses import (
-    AlignHead, align_loss, align_weight, answer_kl, answer_logprob, contrast_margin, rbf_mmd2, wasserstein,
+    AlignHead, align_loss_rows, align_weight, answer_kl, answer_logprob, contrast_margin, rbf_mmd2, wasserstein,
 )
 from train.sft.freeze import apply_freeze
 from train.sft.loop import StopTraining, batch_indices
@@ -53,6 +54,8 @@ def mitigate(
 ) -> MitigateResult:
     """Train a recipe into out_dir: [pre/] main/ [post/], each with steps.jsonl, checkpoints and final/ (a merged model).
 
+    main/steps.html plots the main stage's loss terms and drift per step (train.mitigate.plot).
+
     The recipe is saved as out_dir/mitigate.yaml and beside every final model. With `resume`, a finished stage
     is kept and an unfinished one continues from its newest checkpoint; a different recipe in out_dir raises.
     `callback(step, log_row)` runs after every main-stage step (raise StopTraining to simulate a kill).
@@ -79,6 +82,7 @@ def mitigate(
         final = _run(_projector_config(cfg, cfg.post), str(final), out / "post", progress=progress).final
     if par.main:
         save_config(cfg, final)
+        write_steps_figure(out / "main", title=f"{cfg.name}: loss terms and drift per step")
     par.barrier()
     return MitigateResult(out, final, main.steps, main.seconds, main.step_seconds, main.resumed_from)
 
@@ -215,6 +219,7 @@ class _Trainer:
         finally:
             if handle is not None:
                 handle.remove()
+        logits = out.logits
         total = out.loss * tok_share
         row: dict[str, float] = {"task": float(out.loss.detach()) * tok_share}
         drift = 0.0
@@ -230,9 +235,11 @@ class _Trainer:
                 total = total + cfg.drift_weight * l_drift / par.world
                 row["drift"] = float(l_drift.detach()) / par.world
         if cfg.contrast_weight:
+            # a second, shorter forward: folding the text rows into the image rows' forward (padded to their
+            # width) measured slower on the organism (1.76x vs 1.34x plain for the contrast term alone)
             text_inputs, text_labels = text_only(inputs, self.pad_id)
-            out_t = self.model(**text_inputs)
-            l_c = contrast_margin(answer_logprob(out.logits, inputs.labels), answer_logprob(out_t.logits, text_labels),
+            logits_t = self.model(**text_inputs).logits
+            l_c = contrast_margin(answer_logprob(logits, inputs.labels), answer_logprob(logits_t, text_labels),
                                   cfg.contrast_margin) * row_share
             if cfg.contrast_kl:
                 with torch.no_grad():
@@ -241,19 +248,19 @@ class _Trainer:
                     else:
                         with self.model.disable_adapter():
                             ref = self.model(**inputs.inputs).logits
-                l_c = l_c + cfg.contrast_kl * answer_kl(ref, out.logits, inputs.labels) * tok_share
+                l_c = l_c + cfg.contrast_kl * answer_kl(ref, logits, inputs.labels) * tok_share
             total = total + cfg.contrast_weight * l_c
             row["contrast"] = float(l_c.detach())
         if cfg.align_weight:
             targets = self.targets(inputs, captured[0] if captured else None)
             layers = cfg.align_layers or (self.adapter.num_layers // 2,)
-            preds, tgts = [], []
-            for layer in layers:
-                hs = out.hidden_states[layer]
-                for b, target in enumerate(targets):
-                    preds.append(self.head(hs[b, self.adapter.visual_positions(inputs.segments, b)]))
-                    tgts.append(target)
-            l_a = align_loss(preds, tgts) * row_share
+            # every example's visual positions at once, row by row in sequence order (visual_positions' order):
+            # one head call per layer instead of one per example
+            visual = inputs.segments == int(Segment.VISUAL)
+            counts = [len(t) for t in targets]
+            tgt = torch.cat(targets)
+            preds = torch.cat([self.head(out.hidden_states[layer][visual]) for layer in layers])
+            l_a = align_loss_rows(preds, tgt.repeat(len(layers), 1), counts * len(layers)) * row_share
             weight = align_weight(cfg.align_weight, cfg.align_alpha, drift)
             total = total + weight * l_a
             row["align"] = float(l_a.detach())

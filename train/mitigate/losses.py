@@ -135,6 +135,21 @@ def align_loss(predicted: list[torch.Tensor], targets: list[torch.Tensor]) -> to
     return torch.stack(per).mean()
 
 
+def align_loss_rows(predicted: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """`align_loss` on rows stacked example after example (`counts[i]` rows for example i), in one call.
+
+    The same value as align_loss(predicted.split(counts), targets.split(counts)): the mean over examples of
+    each example's mean −cos, computed without one small call per example.
+    """
+    if predicted.shape[0] != sum(counts) or targets.shape[0] != sum(counts) or not counts or min(counts) < 1:
+        raise ValueError(f"align_loss_rows: {predicted.shape[0]} predictions, {targets.shape[0]} targets for counts {counts}")
+    cos = (F.normalize(predicted, dim=-1) * F.normalize(targets.detach(), dim=-1)).sum(-1)
+    n = torch.as_tensor(counts, device=cos.device)
+    ids = torch.repeat_interleave(torch.arange(len(counts), device=cos.device), n)
+    per = torch.zeros(len(counts), dtype=cos.dtype, device=cos.device).index_add(0, ids, cos) / n.to(cos.dtype)
+    return -per.mean()
+
+
 def align_weight(weight: float, alpha: float, drift: float) -> float:
     """λ3 · (1 + α · drift): alignment weighs more as the anchors drift (drift: the logged MMD(v_t, v_0), ≥ 0 used)."""
     return weight * (1.0 + alpha * max(0.0, drift))
