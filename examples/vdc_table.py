@@ -172,6 +172,8 @@ def main() -> None:
     ap.add_argument("--budget", default="auto", help="'auto' (plain LoRA's validation plateau on the first seed) or STEPS:LR")
     ap.add_argument("--rank-store", default=None, help="base store with attn_share: modality-aware LoRA ranks for VDC")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--judge", action="store_true",
+                    help="then capture base, plain LoRA and VDC of the first seed: out/judge/report.html side by side")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     orgs = [Path(p) for p in args.organisms.split(",") if p] or [None] * len(seeds)
@@ -201,6 +203,20 @@ def main() -> None:
         print(f"seed {seed}\n{format_rows(rows)}", flush=True)
     if len(dirs) > 1:
         print(f"pooled over seeds {seeds}\n{format_rows(pooled_table(args.out, dirs))}")
+    if args.judge:
+        report = judge_seed(dirs[seeds[0]], seeds[0], cfg, orgs[0], args.out / "judge")
+        print(f"three-way report: {report}")
+
+
+def judge_seed(seed_dir: Path, seed: int, cfg: OrganismConfig, organism_dir: Path | None, out: Path,
+               names: tuple[str, ...] = ("plain_lora", "vdc")) -> Path:
+    """Base against each of `names` (trained by `run` in seed_dir) by probe's capture and comparison report."""
+    from train.mitigate.judge import judge
+
+    _, evals, _, org = organism_data(seed_dir, seed, cfg, None, organism_dir)
+    runs = {n: seed_dir / "runs" / n for n in names}
+    judge({"base": org.base, **{n: d / "main" / "final" for n, d in runs.items()}}, evals, out, runs=runs)
+    return out / "report.html"
 
 
 if __name__ == "__main__":

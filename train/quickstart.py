@@ -31,6 +31,27 @@ class QuickstartResult:
     seconds: dict[str, float]
 
 
+def evaluate_and_capture(model: str | Path, evals: list, probe_set: list, store: str | Path, *, name: str = "",
+                         spec: CaptureSpec = QUICKSTART_SPEC, console=None, progress: bool = True) -> dict[str, float]:
+    """Visual dependence on `evals`, then a capture of `probe_set` into `store` with that evaluation saved inside.
+
+    Every model compared with the quickstart's report goes through this one path (same spec, same probe set).
+    Returns the seconds of each part ({"eval", "capture"}).
+    """
+    seconds = {}
+    t = time.perf_counter()
+    adapter = load_model(model)
+    ds = evaluate_dependence(adapter, evals, batch_size=64, progress=progress)
+    if console is not None:
+        console.print(format_dependence_table(ds, title=f"visual dependence: {name or model}"))
+    seconds["eval"] = time.perf_counter() - t
+    t = time.perf_counter()
+    capture(adapter, probe_set, store, spec, progress=progress)
+    save_dependence(ds, store)
+    seconds["capture"] = time.perf_counter() - t
+    return seconds
+
+
 def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 400, progress: bool = True,
                config: OrganismConfig | None = None) -> QuickstartResult:
     """Organism -> eval (real/blank/mismatched) -> capture base and ko_ft -> out_dir/report.html (+ .json).
@@ -56,17 +77,9 @@ def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 40
     stores: dict[str, Path] = {}
     console = Console()
     for name, path in (("base", org.base), ("ko_ft", org.ko_ft)):
-        t = time.perf_counter()
-        adapter = load_model(path)
-        ds = evaluate_dependence(adapter, evals, batch_size=64, progress=progress)
-        console.print(format_dependence_table(ds, title=f"visual dependence: {name}"))
-        seconds[f"eval.{name}"] = time.perf_counter() - t
-        t = time.perf_counter()
-        store = out / f"{name}.zarr"
-        capture(adapter, probe_set, store, QUICKSTART_SPEC, progress=progress)
-        save_dependence(ds, store)
-        stores[name] = store
-        seconds[f"capture.{name}"] = time.perf_counter() - t
+        stores[name] = out / f"{name}.zarr"
+        took = evaluate_and_capture(path, evals, probe_set, stores[name], name=name, console=console, progress=progress)
+        seconds.update({f"{k}.{name}": v for k, v in took.items()})
     t = time.perf_counter()
     report, summary = out / "report.html", out / "report.json"
     compare(stores["base"], stores["ko_ft"], report, summary)

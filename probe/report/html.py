@@ -6,6 +6,7 @@ import html as _html
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -17,10 +18,10 @@ from probe.analysis.registry import resolve
 from probe.report import summary as S
 from probe.report.verdict import verdict
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;color:#222}
 h2{border-bottom:1px solid #ccc;margin-top:2em}.reading{font-weight:600;background:#f4f6fa;padding:.5em;border-left:4px solid #1f77b4}
 .warn{background:#fff4e5;padding:.5em;border-left:4px solid #e69500}
-.skip{color:#888;font-style:italic}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"""
+.skip{color:#888;font-style:italic}.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(0,1fr));gap:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"""
 
 
 class _Page:
@@ -35,10 +36,15 @@ class _Page:
             self.parts.append(f"<p class='reading'>{_html.escape(reading)}</p>")
         for item in items:
             if isinstance(item, go.Figure):
-                self.parts.append(pio.to_html(item, include_plotlyjs=self._js, full_html=False))
-                self._js = False
+                self.parts.append(self.figure(item))
             else:
                 self.parts.append(str(item))
+
+    def figure(self, fig: go.Figure) -> str:
+        """One figure's HTML (plotly.js inline with the page's first figure)."""
+        out = pio.to_html(fig, include_plotlyjs=self._js, full_html=False)
+        self._js = False
+        return out
 
     def skip(self, heading: str, note: str) -> None:
         self.parts.append(f"<h2>{_html.escape(heading)}</h2><p class='skip'>{_html.escape(note)}</p>")
@@ -142,4 +148,60 @@ def report(
     if save:
         summary["saved_groups"] = save_results(store, res, config)
     header = f"<p>{_html.escape(summary['store'])}<br>{_html.escape(_resampling_note(res))}</p>"
+    return _save(summary, page, header, out_html, out_json)
+
+
+def compare_side_by_side(
+    before: Any, afters: Mapping[str, Any], out_html: str | Path, out_json: str | Path | None = None,
+    config: AnalysisConfig = AnalysisConfig(), extra: Sequence[tuple[str, str | None, Mapping[str, list[Any]]]] = (),
+) -> dict[str, Any]:
+    """Several before-vs-after comparisons with one `before`, shown together: one column per `afters` entry.
+
+    Each pair is exactly `compare`'s (compare_stores, the registry's verdicts, readings and figures); the page
+    puts every analysis's readings and figures side by side, the verdict lines in one table. `extra`: further
+    sections as (heading, reading, {column: items}) — figures or HTML — placed after the analyses.
+    Returns the summary: {"before", "created", "config", "comparisons": {name: compare's summary fields}}.
+    """
+    names = list(afters)
+    if not names:
+        raise ValueError("compare_side_by_side: no stores to compare with")
+    res = {n: compare_stores(before, afters[n], config) for n in names}
+    page = _Page("visblind: " + " | ".join(f"before vs {n}" for n in names))
+    summary: dict[str, Any] = {"before": _describe(before), "created": datetime.now(timezone.utc).isoformat(),
+                               "config": config.to_dict(), "comparisons": {}}
+    for n in names:
+        summary["comparisons"][n] = {"after": _describe(afters[n]), "verdict": verdict(res[n], config), "readings": {},
+                                     "skipped": [str(v) for v in res[n].values() if isinstance(v, Skipped)],
+                                     "results": {k: v for k, v in res[n].items() if k not in ("eval", "intersection")}}
+        if isinstance(res[n].get("eval"), dict):
+            summary["comparisons"][n]["eval"] = {k: S.eval_table(v) for k, v in res[n]["eval"].items()}
+    cell = lambda items: "".join(page.figure(i) if isinstance(i, go.Figure) else str(i) for i in items)  # noqa: E731
+    head = "".join(f"<th>{_html.escape(n)}</th>" for n in names)
+    rows = max(len(summary["comparisons"][n]["verdict"]) for n in names)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{_html.escape(v[i]) if i < len(v) else ''}</td>"
+                                    for v in (summary["comparisons"][n]["verdict"] for n in names)) + "</tr>"
+                   for i in range(rows))
+    page.section("Summary: which candidate causes moved, per comparison", None, [f"<table><tr>{head}</tr>{body}</table>"])
+    for a in registry.ANALYSES:
+        if a.pair is None or not any(a.name in res[n] for n in names):
+            continue
+        read, fig = resolve(a.reading_pair), resolve(a.figure_pair)
+        columns = []
+        for n in names:
+            r = res[n].get(a.name)
+            if r is None or isinstance(r, Skipped):
+                columns.append(f"<h3>{_html.escape(n)}</h3><p class='skip'>{_html.escape(str(r or 'not computed'))}</p>")
+                continue
+            text = read(r, config) if read is not None else None
+            if text:
+                summary["comparisons"][n]["readings"][a.name] = text
+            reading = f"<p class='reading'>{_html.escape(text)}</p>" if text else ""
+            columns.append(f"<h3>{_html.escape(n)}</h3>{reading}{cell(fig(r) if fig is not None else [])}")
+        page.section(a.heading, None, ["<div class='cols'>" + "".join(f"<div>{c}</div>" for c in columns) + "</div>"])
+    for heading, reading, cols in extra:
+        page.section(heading, reading, ["<div class='cols'>" + "".join(
+            f"<div><h3>{_html.escape(n)}</h3>{cell(items)}</div>" for n, items in cols.items()) + "</div>"])
+    header = f"<p>before: {_html.escape(summary['before'])}<br>" + "<br>".join(
+        f"{_html.escape(n)}: {_html.escape(summary['comparisons'][n]['after'])}" for n in names)
+    header += f"<br>created {summary['created']}<br>{_html.escape(_resampling_note(res[names[0]]))}</p>"
     return _save(summary, page, header, out_html, out_json)

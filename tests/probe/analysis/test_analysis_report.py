@@ -78,3 +78,24 @@ def test_eval_table_is_generic() -> None:
     assert t["correct"] == {"real": 0.75, "blank": 0.25}
     assert t["accuracy/lang=en"] == {"real": 0.75, "blank": 0.25}
     assert "accuracy/lang=ko" not in t and "prediction" not in t
+
+
+def test_side_by_side_columns_equal_their_single_comparisons(store_pair, tmp_path) -> None:
+    """Each column of the side-by-side report is exactly `compare` of that pair (readings, verdict), shown together."""
+    import plotly.graph_objects as go
+
+    from probe.report import compare_side_by_side
+
+    before, after = store_pair
+    extra = [("Extra section", None, {"planted": [go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))], "itself": ["<p>none</p>"]})]
+    both = compare_side_by_side(before, {"planted": after, "itself": before}, tmp_path / "s.html", tmp_path / "s.json",
+                                CFG, extra=extra)
+    for name, other in (("planted", after), ("itself", before)):
+        one = compare(before, other, tmp_path / f"{name}.html", None, CFG)
+        assert both["comparisons"][name]["readings"] == one["readings"], name
+        assert both["comparisons"][name]["verdict"] == one["verdict"], name
+    assert both["comparisons"]["planted"]["readings"] != both["comparisons"]["itself"]["readings"]
+    text = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", text) and text.count("plotly.js v") == 1  # inline once
+    assert "Extra section" in text and "<p>none</p>" in text
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["comparisons"]["planted"]["verdict"] == both["comparisons"]["planted"]["verdict"]
