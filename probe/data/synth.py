@@ -24,7 +24,9 @@ POSITIONS: dict[str, str] = {"left": "왼쪽", "right": "오른쪽"}
 WORDS: tuple[str, ...] = ("CAT", "DOG", "SUN", "CAR", "사과", "바다", "하늘", "나무")
 SHAPE_QUESTIONS: tuple[str, ...] = ("colour", "shape", "count", "position")
 
-# Short prompts: byte-level tokens make Korean 3 tokens a syllable, and the organism trains on 2 CPU cores.
+# Short prompts: the organism trains on 2 CPU cores. Its subword vocabulary (train.organism.subword_tokenizer,
+# BPE over these prompts and answers) makes each prompt and concept word a few tokens; a byte-level tokenizer
+# (OrganismConfig(vocab_size=0), tiny_llava's default) spends 3 tokens per Hangul syllable.
 PROMPTS: dict[str, dict[str, str]] = {
     "en": {
         "colour": "What color?",
