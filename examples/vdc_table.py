@@ -1,7 +1,7 @@
 """VDC against its baselines on the model organism: one table row per recipe, 95% intervals over images.
 
     python examples/vdc_table.py --out runs/vdc_table --seeds 0,1,2 [--organisms DIR0,DIR1,DIR2]
-        [--budget auto | STEPS:LR] [--recipes plain_lora,vdc]
+        [--rank-stores S0,S1,S2] [--budget auto | STEPS:LR] [--recipes plain_lora,vdc] [--judge]
 
 Per seed: builds (or reuses) the organism, holds out a validation split (20% of the images) of the Korean
 fine-tune's training data, trains every recipe from the base on the rest with the same data, budget and seed,
@@ -170,15 +170,17 @@ def main() -> None:
     ap.add_argument("--organisms", default="", help="comma list of existing organism folders, one per seed (read only)")
     ap.add_argument("--recipes", default="", help="comma list (default: all, with ablations)")
     ap.add_argument("--budget", default="auto", help="'auto' (plain LoRA's validation plateau on the first seed) or STEPS:LR")
-    ap.add_argument("--rank-store", default=None, help="base store with attn_share: modality-aware LoRA ranks for VDC")
+    ap.add_argument("--rank-stores", default="", help="comma list, one per seed: base store with attn_share "
+                    "(modality-aware LoRA ranks for VDC, plus the uniform-rank ablation); default uniform ranks")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--judge", action="store_true",
                     help="then capture base, plain LoRA and VDC of the first seed: out/judge/report.html side by side")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     orgs = [Path(p) for p in args.organisms.split(",") if p] or [None] * len(seeds)
-    if len(orgs) != len(seeds):
-        raise SystemExit(f"--organisms: {len(orgs)} folders for {len(seeds)} seeds")
+    stores = [p for p in args.rank_stores.split(",") if p] or [None] * len(seeds)
+    if len(orgs) != len(seeds) or len(stores) != len(seeds):
+        raise SystemExit(f"--organisms / --rank-stores: {len(orgs)} / {len(stores)} entries for {len(seeds)} seeds")
     cfg = OrganismConfig()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.budget == "auto":
@@ -187,7 +189,7 @@ def main() -> None:
             chosen = json.loads(saved.read_text())["chosen"]
         else:
             seed_out = args.out / f"seed{seeds[0]}"
-            data, _, val, _ = organism_data(seed_out, seeds[0], cfg, args.rank_store, orgs[0])
+            data, _, val, _ = organism_data(seed_out, seeds[0], cfg, stores[0], orgs[0])
             chosen = select_budget(args.out, data, val, seed=seeds[0], threads=args.threads)["chosen"]
         steps, lr = int(chosen["steps"]), float(chosen["lr"])
     else:
@@ -196,10 +198,10 @@ def main() -> None:
     print(f"budget: {steps} steps at lr {lr:g}", flush=True)
     names = [n for n in args.recipes.split(",") if n] or None
     dirs = {}
-    for seed, org in zip(seeds, orgs):
+    for seed, org, store in zip(seeds, orgs, stores):
         dirs[seed] = args.out / f"seed{seed}"
         rows = run(dirs[seed], seed=seed, names=names, steps=steps, lr=lr, organism=cfg, organism_dir=org,
-                   rank_store=args.rank_store, threads=args.threads)
+                   rank_store=store, threads=args.threads)
         print(f"seed {seed}\n{format_rows(rows)}", flush=True)
     if len(dirs) > 1:
         print(f"pooled over seeds {seeds}\n{format_rows(pooled_table(args.out, dirs))}")

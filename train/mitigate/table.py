@@ -18,6 +18,8 @@ def grouped_ratio(num: np.ndarray, den: np.ndarray, groups: Sequence[str],
     asked in English and Korean is one group, so its questions are drawn together.
     """
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if not len(num):  # no such questions (e.g. a language the eval set lacks)
+        return float("nan"), float("nan"), float("nan")
     labels, idx = np.unique(np.asarray(groups), return_inverse=True)
     g = len(labels)
     sums_n, sums_d = np.bincount(idx, num, g), np.bincount(idx, den, g)
