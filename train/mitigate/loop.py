@@ -22,11 +22,11 @@ from probe.progress import progress_bar
 from probe.segments import Segment
 from train.mitigate.anchors import Anchors, anchor_examples
 from train.mitigate.config import CONFIG_FILE, MitigateConfig, ProjectorStage, config_dict, load_config, save_config
-from train.mitigate.plot import write_steps_figure
 from train.mitigate.lora import layer_visual_share, lora_plan, modality_ranks, wrap_lora
 from train.mitigate.losses import (
     AlignHead, align_loss_rows, align_weight, answer_kl, answer_logprob, contrast_margin, rbf_mmd2, wasserstein,
 )
+from train.mitigate.plot import write_steps_figure
 from train.sft.freeze import apply_freeze
 from train.sft.loop import StopTraining, batch_indices
 from train.sft.state import has_state, load_state, save_state
