@@ -247,7 +247,7 @@ def patch_effects(sweep, groups: np.ndarray, langs: np.ndarray, boot: BootstrapC
 
 
 PAIRS = {"base->ko_ft": "patch base into ko_ft", "base->ko_ft_vfrozen": "patch base into ko_ft_vfrozen",
-         "real->blank (base)": "base: patch the real-image run into the blank-image run"}
+         "real->blank (base)": "base, real image patched into blank image"}
 
 
 def heatmap(patching: dict, title: str, path: Path, per_seed: dict | None = None) -> None:
@@ -290,7 +290,8 @@ def heatmap(patching: dict, title: str, path: Path, per_seed: dict | None = None
                          f"clean - corrupt log-prob gap {cell['gap']:.2f} nats", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.6, label="normalised effect on the correct answer's log-prob\n"
                  "0 = no effect, 1 = full recovery of the clean run (colour clipped to [-1, 1])")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title + "\ngrey: not applicable (the projector output holds visual tokens only); the prompt-text "
+                 "segment includes the answer tokens", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
