@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ from apps.data import example_mask, filter_eval, filtered_ids, open_dataset, rea
 from apps.views.context import ViewContext
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import AnalysisConfig, compare_stores
+from probe.analysis.saved import SavedResultsError, fingerprint
 from probe.analysis.stats import bootstrap_scalar_ci
-from probe.report.verdict import verdict
+from probe.report.verdict import saved_verdict, verdict
 
 
-# the verdict runs every analysis of `probe compare` (bootstraps, CV probes, CKA): drawn on open for stores up to this
-# many examples (the organism's), on request above (then cached for every session of the server)
+# Computing the verdict runs every analysis of `probe compare` (bootstraps, CV probes, CKA). Unfiltered, the overview
+# draws it from the comparison `probe compare --save` saved for the pair; else it computes it on open for stores up
+# to this many examples (the organism's), on request above (then cached for every session of the server).
 AUTO_VERDICT_MAX_EXAMPLES = 1000
 
 
@@ -37,6 +41,28 @@ def verdict_lines(before: Path, after: Path, filters: tuple) -> list[str]:
     config = AnalysisConfig()
     res = compare_stores(_filtered(before, dict(filters)), _filtered(after, dict(filters)), config)
     return verdict(res, config.bootstrap)
+
+
+def saved_lines(before: Path, after: Path) -> tuple[list[str] | None, str]:
+    """(verdict lines saved by `probe compare --save` for this pair as it is now, "") or (None, why there are none)."""
+    try:
+        stamp = json.dumps([fingerprint(before), fingerprint(after)], sort_keys=True, default=str)
+    except Exception as err:  # a store that cannot be fingerprinted has no usable saved verdict
+        return None, str(err).splitlines()[0]
+    return _saved_cached(before, after, stamp)
+
+
+@st.cache_data(show_spinner="reading the saved verdict …", max_entries=16)
+def _saved_cached(before: Path, after: Path, stamp: str) -> tuple[list[str] | None, str]:
+    try:  # `stamp` (both stores' fingerprints) keys the cache: a changed store is read again, and refused
+        return saved_verdict(before, after), ""
+    except SavedResultsError as err:
+        return None, str(err)
+
+
+def compare_command(before: Path, after: Path) -> str:
+    """The command that computes the pair's verdict and saves it where the overview reads it."""
+    return f"probe compare {shlex.quote(str(before))} {shlex.quote(str(after))} --out compare.html --save"
 
 
 def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]) -> pd.DataFrame:
@@ -60,6 +86,26 @@ def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]
     return pd.DataFrame(rows, columns=["store", "lang", "visual_dependence", "ci_low", "ci_high", "n"])
 
 
+def _verdict(ctx: ViewContext) -> None:
+    """Saved verdict of the pair (unfiltered), else computed: on open for small stores, on request for large ones."""
+    lines, why = saved_lines(ctx.before, ctx.after)
+    if lines is not None and not ctx.filters:
+        st.caption(f"saved by `probe compare --save` in {ctx.after.name}/compare, over all examples of both stores")
+        st.markdown("\n".join(f"- {line}" for line in lines))
+        return
+    n = max(open_dataset(p).sizes["example"] for p in ctx.stores.values())
+    asked = st.session_state.get("verdict_asked") == (ctx.before, ctx.after, ctx.filters)
+    if n <= AUTO_VERDICT_MAX_EXAMPLES or asked:
+        st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
+        return
+    if lines is not None:
+        why = "the saved verdict covers all examples, not the filters chosen"
+    st.markdown(f"No saved verdict for this pair ({why}); compute it with `{compare_command(ctx.before, ctx.after)}`")
+    if st.button(f"or compute it here ({n} examples: minutes)", key="verdict_button"):
+        st.session_state["verdict_asked"] = (ctx.before, ctx.after, ctx.filters)
+        st.rerun()
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def _dependence_cached(paths: tuple, filters: tuple) -> pd.DataFrame:
     return dependence_table(dict(paths), dict(filters))
@@ -72,16 +118,7 @@ def render(ctx: ViewContext) -> None:
         st.info("Choose an *after* store in the sidebar to see the before → after verdict.")
     else:
         st.subheader("Verdict (probe.report, 95% bootstrap intervals)")
-        n = max(open_dataset(p).sizes["example"] for p in ctx.stores.values())
-        asked = st.session_state.get("verdict_asked") == (ctx.before, ctx.after, ctx.filters)
-        if n <= AUTO_VERDICT_MAX_EXAMPLES or asked:
-            st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
-        else:
-            st.caption(f"The verdict runs every analysis of `probe compare` over {n} examples (bootstraps, cross-validated "
-                       "probes, CKA): it runs when asked, then stays cached for every viewer of this server.")
-            if st.button("compute the verdict", key="verdict_button"):
-                st.session_state["verdict_asked"] = (ctx.before, ctx.after, ctx.filters)
-                st.rerun()
+        _verdict(ctx)
     st.subheader("Behavioural visual dependence per language")
     table = _dependence_cached(tuple(ctx.stores.items()), ctx.filters)
     if table.empty:

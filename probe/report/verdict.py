@@ -154,3 +154,13 @@ def verdict(res: dict[str, Any], config: Any) -> list[str]:
         if fn is not None and analysis.pair is not None:
             lines += fn(res.get(analysis.name), config)
     return lines
+
+
+def saved_verdict(before: Any, after: Any) -> list[str]:
+    """The verdict of the comparison `probe compare BEFORE AFTER --save` wrote into AFTER, drawn from its saved groups
+    (the same lines that command printed); SavedResultsError (one line) when none was saved for this pair as it is now."""
+    from probe.analysis.saved import load_results
+
+    names = {a.name for a in registry.ANALYSES if a.verdict is not None and a.pair is not None}
+    res, config = load_results(after, "compare", {"before": before, "after": after}, names)
+    return verdict(res, config)
