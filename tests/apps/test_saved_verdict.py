@@ -1,0 +1,96 @@
+"""The overview draws the verdict `probe compare --save` saved for the chosen pair, and never one of another pair or a stale one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import synthetic as S
+from probe.analysis import AnalysisConfig, BootstrapConfig
+from probe.report import compare
+from probe.store import TraceStore
+
+CFG = AnalysisConfig(bootstrap=BootstrapConfig(n_boot=200))
+
+
+@pytest.fixture(scope="module")
+def saved_root(dash_root, tmp_path_factory):
+    """A copy of the dashboard ROOT whose after.zarr holds `compare --save` of before.zarr vs after.zarr, and a third store."""
+    root = tmp_path_factory.mktemp("saved") / "root"
+    shutil.copytree(dash_root, root)
+    summary = compare(root / "before.zarr", root / "after.zarr", root / "c.html", None, CFG, save_to=root / "after.zarr")
+    S.write_store(root / "other.zarr", 60, "llava_anyres", seed=5, visual_scale=1.0)
+    return root, summary
+
+
+@pytest.fixture
+def large(app, saved_root, monkeypatch):
+    """The app over ``saved_root``, treating every store as large (no live verdict on open)."""
+    import apps.views.overview as ov
+
+    monkeypatch.setattr(ov, "AUTO_VERDICT_MAX_EXAMPLES", 10)
+    monkeypatch.setenv("VISBLIND_DASHBOARD_ROOT", str(saved_root[0]))
+    return app
+
+
+def _verdict_shown(at) -> list[str]:
+    return [line[2:] for m in at.markdown for line in m.value.splitlines() if line.startswith("- ")]
+
+
+def test_overview_shows_the_saved_verdict(large, saved_root):
+    root, summary = saved_root
+    at = large(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert not at.exception, at.exception
+    shown = _verdict_shown(at)
+    assert shown == summary["verdict"]  # oracle: the lines `probe compare --save` wrote
+    # and the H1 numbers are the saved group's: relative change per layer with its simultaneous band
+    (h1,) = [line for line in shown if line.startswith("attention (H1)")]
+    c = TraceStore.open(root / "after.zarr").read_group("compare/collapse-layers").sel(source="last_prompt")
+    got = re.findall(r"L(\d+) ([+-]\d+)% \[([+-]\d+), ([+-]\d+)\]", h1)
+    assert [int(g[0]) for g in got] == [int(x) for x in c["layer"].values]
+    for g, rel, lo, hi in zip(got, c["layer_rel_change"].values, c["layer_rel_sim_low"].values, c["layer_rel_sim_high"].values):
+        assert [int(x) for x in g[1:]] == [int(f"{v * 100:+.0f}") for v in (rel, lo, hi)]
+    assert not [b for b in at.button if b.key == "verdict_button"]
+
+
+def test_overview_refuses_another_pairs_verdict(large, saved_root):
+    at = large(before="other.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert not at.exception, at.exception
+    assert not _verdict_shown(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "another before store" in text
+    want = f"probe compare {saved_root[0] / 'other.zarr'} {saved_root[0] / 'after.zarr'} --out compare.html --save"
+    assert want in text
+
+
+def test_overview_refuses_a_stale_verdict(large, saved_root, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    shutil.copytree(saved_root[0], root)  # keeps file times: the copy's saved verdict is still valid
+    monkeypatch.setenv("VISBLIND_DASHBOARD_ROOT", str(root))
+    at = large(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert _verdict_shown(at) == saved_root[1]["verdict"]
+    st = TraceStore.open(root / "after.zarr")
+    ev = st.read_group("eval").load()
+    st.write_group("eval", ev.assign(visually_dependent=~ev["visually_dependent"]))  # after re-evaluated
+    at = large(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert not at.exception, at.exception
+    assert not _verdict_shown(at)
+    assert "before it changed (groups.eval" in " ".join(m.value for m in at.markdown)
+    assert at.button(key="verdict_button")  # still computable on request
+
+
+def test_filters_fall_back_from_the_saved_verdict(large, saved_root):
+    at = large(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    at.multiselect(key="filter_lang").select("ko").run()
+    assert not at.exception, at.exception
+    assert not _verdict_shown(at)
+    assert "covers all examples, not the filters" in " ".join(m.value for m in at.markdown)
+    assert np.isin(at.dataframe[0].value["lang"], ["ko"]).all()
