@@ -1,9 +1,11 @@
 """Time the dashboard opening a 5,000-example store pair and drawing its overview (Streamlit AppTest, cold cache).
 
-    PYTHONPATH=. python benchmarks/dashboard_open.py [--n 5000] [--repeat 3]
+    PYTHONPATH=. python benchmarks/dashboard_open.py [--n 5000] [--repeat 3] [--no-save]
 
-Prints seconds for: the first (cold) run of the overview, a rerun (warm caches), and the heads view. The machine's
-load average is printed beside (timings on a shared machine vary with it).
+First runs `probe compare --save` on the pair (as a user would, once), so the overview draws the saved verdict; with
+--no-save it offers the verdict on request instead, and that request is timed too. Prints seconds for: the first
+(cold) run of the overview, a rerun (warm caches), and the heads view. The machine's load average is printed beside
+(timings on a shared machine vary with it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--no-save", dest="save", action="store_false", help="no saved comparison: time the verdict on request")
     args = ap.parse_args()
     # import what the views import before timing: the first open of a fresh server pays this once
     import apps.views.overview  # noqa: F401
@@ -45,6 +48,12 @@ def main() -> None:
             S.write_store(root / name, args.n, seed=int(scale * 10), visual_scale=scale, keys=False, pattern=False,
                           examples_per_chunk=512)
         print(f"built 2 stores of {args.n} examples ({args.layers} layers × {args.heads} heads) in {time.perf_counter() - t:.1f} s")
+        if args.save:
+            from probe.report import compare
+
+            t = time.perf_counter()
+            compare(root / "before.zarr", root / "after.zarr", root / "compare.html", None, save_to=root / "after.zarr")
+            print(f"load {os.getloadavg()[0]:.1f} | probe compare --save (once per pair): {time.perf_counter() - t:.1f} s")
         os.environ["VISBLIND_DASHBOARD_ROOT"] = str(root)
         for view in ("overview", "heads"):
             for i in range(args.repeat):
@@ -57,6 +66,8 @@ def main() -> None:
                 at.run()
                 dt = time.perf_counter() - t
                 assert not at.exception, at.exception
+                if view == "overview" and args.save:
+                    assert any("attention (H1)" in m.value for m in at.markdown), "the saved verdict is not shown"
                 t2 = time.perf_counter()
                 at.run()
                 print(f"load {os.getloadavg()[0]:.1f} | {view}: open + draw {dt:.2f} s (run {i}, caches cleared before run 0); rerun {time.perf_counter() - t2:.2f} s")
