@@ -27,6 +27,7 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     from apps.launch import APP_FILE
+    from probe.store import TraceStore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
@@ -34,21 +35,25 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--no-save", dest="save", action="store_false", help="no saved comparison: time the verdict on request")
+    ap.add_argument("--root", type=Path, help="keep the stores (and the saved comparison) in this folder; reused if there")
+    ap.add_argument("--profile", type=Path, help="write a cProfile of the overview's first open to this file")
     args = ap.parse_args()
     # import what the views import before timing: the first open of a fresh server pays this once
     import apps.views.overview  # noqa: F401
     import apps.views.heads  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.root or Path(tmp)
+        reuse = (root / "after.zarr").exists()
         t = time.perf_counter()
         # attention summary of a real model by default (32 layers × 32 heads); keys and patterns are not read here
         S.LAYERS, S.HEADS = tuple(range(args.layers)), args.heads
-        for name, scale in (("before.zarr", 1.0), ("after.zarr", 0.3)):
+        for name, scale in (("before.zarr", 1.0), ("after.zarr", 0.3)) if not reuse else ():
             S.write_store(root / name, args.n, seed=int(scale * 10), visual_scale=scale, keys=False, pattern=False,
                           examples_per_chunk=512)
-        print(f"built 2 stores of {args.n} examples ({args.layers} layers × {args.heads} heads) in {time.perf_counter() - t:.1f} s")
-        if args.save:
+        print(f"{'reused' if reuse else 'built'} 2 stores of {args.n} examples ({args.layers} layers × {args.heads} heads) "
+              f"in {time.perf_counter() - t:.1f} s")
+        if args.save and not (reuse and "compare/index" in TraceStore.open(root / "after.zarr").groups()):
             from probe.report import compare
 
             t = time.perf_counter()
@@ -63,7 +68,12 @@ def main() -> None:
                     st.cache_data.clear()
                     st.cache_resource.clear()
                 t = time.perf_counter()
-                at.run()
+                if args.profile and view == "overview" and i == 0:
+                    import cProfile
+
+                    cProfile.runctx("at.run()", globals(), {"at": at}, str(args.profile))
+                else:
+                    at.run()
                 dt = time.perf_counter() - t
                 assert not at.exception, at.exception
                 if view == "overview" and args.save:

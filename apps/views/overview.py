@@ -15,7 +15,7 @@ from apps.views.context import ViewContext
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import AnalysisConfig, compare_stores
 from probe.analysis.saved import SavedResultsError, fingerprint
-from probe.analysis.stats import bootstrap_scalar_ci
+from probe.analysis.stats import bootstrap_scalar_ci, groups_of
 from probe.report.verdict import saved_verdict, verdict
 
 
@@ -66,14 +66,17 @@ def compare_command(before: Path, after: Path) -> str:
 
 
 def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]) -> pd.DataFrame:
-    """Per store and language: visual dependence (image-dependent questions with a mismatched partner), 95% bootstrap CI, n."""
+    """Per store and language: visual dependence (image-dependent questions with a mismatched partner), 95% bootstrap CI
+    resampling the store's independent unit (its `group`, e.g. the image, as the report's behaviour lines), n."""
     rows = []
     config = AnalysisConfig().bootstrap
     for name, path in paths.items():
         ev = read_group(path, "eval")
         if ev is None or "visually_dependent" not in ev:
             continue
-        ev = filter_eval(ev, filtered_ids(open_dataset(path), filters))
+        ds = open_dataset(path)
+        ev = filter_eval(ev, filtered_ids(ds, filters))
+        units, _ = groups_of(ds, ev["example"].values)
         lang = to_str(ev["example_lang"].values)
         keep = ev["example_image_dependent"].values.astype(bool)
         if "has_partner" in ev:
@@ -81,7 +84,7 @@ def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]
         vd = ev["visually_dependent"].values.astype(float)
         for lg in sorted(set(lang.tolist())):
             x = vd[keep & (lang == lg)]
-            m, lo, hi = bootstrap_scalar_ci(x, config)
+            m, lo, hi = bootstrap_scalar_ci(x, config, units[keep & (lang == lg)])
             rows.append({"store": name, "lang": lg, "visual_dependence": m, "ci_low": lo, "ci_high": hi, "n": int(len(x))})
     return pd.DataFrame(rows, columns=["store", "lang", "visual_dependence", "ci_low", "ci_high", "n"])
 

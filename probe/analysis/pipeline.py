@@ -156,15 +156,15 @@ def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisCon
 
 
 def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, prefix: str = "analysis",
-                 sources: dict[str, Any] | None = None) -> list[str]:
+                 sources: dict[str, Any] | None = None, headline: list[str] | None = None) -> list[str]:
     """Write each result into the TraceStore `store` as group `{prefix}/<name>` with `config` saved beside it.
 
     xarray results are written as they are; dict results as one group per xarray member
     (`{name}-{key}`) plus their scalar members as JSON in the attrs of a `{name}` group. Skipped
     notes are not written as groups. Last, `{prefix}/index` lists what this save wrote with the
     fingerprints of `sources` ({"before": .., "after": ..}, default {"store": store}), so that
-    `probe.analysis.saved.load_results` reads them back only for those stores, unchanged.
-    Returns the group names written.
+    `probe.analysis.saved.load_results` reads them back only for those stores, unchanged; `headline`
+    (the verdict lines of a comparison) is kept in the index. Returns the group names written.
     """
     import json
     import uuid
@@ -203,7 +203,7 @@ def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, pr
             put(name, None, name, value)
     skipped = {k: str(v) for k, v in results.items() if isinstance(v, Skipped)}
     written.append(write_index(st, prefix, entries, skipped, list(results.get("intersection", [])),
-                               sources if sources is not None else {"store": st}, save_id, config))
+                               sources if sources is not None else {"store": st}, save_id, config, headline))
     return written
 
 

@@ -62,23 +62,23 @@ def fingerprint(store: Any) -> dict[str, Any]:
 
 
 def write_index(st: Any, prefix: str, entries: list[dict[str, Any]], skipped: dict[str, str], intersection: list[str],
-                sources: dict[str, Any], save_id: str, config: Any) -> str:
-    """Write `{prefix}/index` (last, after the result groups it lists); returns its group name."""
+                sources: dict[str, Any], save_id: str, config: Any, headline: list[str] | None = None) -> str:
+    """Write `{prefix}/index` (last, after the result groups it lists); returns its group name.
+
+    `headline`: the verdict lines drawn from these results, kept beside them so a reader need not redo their bootstraps.
+    """
     attrs = {SAVE_ID_ATTR: save_id, "entries": json.dumps(entries), "skipped": json.dumps(skipped),
              "intersection": json.dumps(intersection),
              "sources": json.dumps({role: fingerprint(s) for role, s in sources.items()}, sort_keys=True, default=str)}
+    if headline is not None:
+        attrs["verdict"] = json.dumps(headline, ensure_ascii=False)
     st.write_group(f"{prefix}/{INDEX}", xr.Dataset(attrs=attrs), config)
     return f"{prefix}/{INDEX}"
 
 
-def load_results(path: Any, prefix: str, sources: dict[str, Any], names: set[str] | None = None) -> tuple[dict[str, Any], Any]:
-    """The results saved in store `path` under `prefix` and their AnalysisConfig, if they were computed from `sources`
-    ({"before": store, "after": store} or {"store": store}) as they are now; SavedResultsError (one line) if not.
-
-    `names`: load only these analyses. Results come back as `compare_stores`/`analyze` returned them, read lazily.
-    """
-    from probe.analysis.pipeline import AnalysisConfig, Skipped
-    from probe.store.groups import group_config
+def saved_index(path: Any, prefix: str, sources: dict[str, Any]) -> xr.Dataset:
+    """The index group of the results saved in store `path` under `prefix`, if they were computed from `sources`
+    ({"before": store, "after": store} or {"store": store}) as they are now; SavedResultsError (one line) if not."""
     from probe.store.schema import first_difference
 
     st = _trace_store(path)
@@ -95,6 +95,20 @@ def load_results(path: Any, prefix: str, sources: dict[str, Any], names: set[str
         if diff is not None:
             raise SavedResultsError(f"the results saved in {where} were computed from another {role} store, or from "
                                     f"{_trace_store(store).path} before it changed ({diff})")
+    return index
+
+
+def load_results(path: Any, prefix: str, sources: dict[str, Any], names: set[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """The results saved in store `path` under `prefix` and their AnalysisConfig, if they were computed from `sources`
+    as they are now (see saved_index); SavedResultsError (one line) if not.
+
+    `names`: load only these analyses. Results come back as `compare_stores`/`analyze` returned them, read lazily.
+    """
+    from probe.analysis.pipeline import AnalysisConfig, Skipped
+    from probe.store.groups import group_config
+
+    st = _trace_store(path)
+    index = saved_index(st, prefix, sources)
     save_id = index.attrs[SAVE_ID_ATTR]
     res: dict[str, Any] = {"intersection": json.loads(index.attrs["intersection"])}
     for name, note in json.loads(index.attrs["skipped"]).items():

@@ -119,7 +119,8 @@ def compare(
     header = f"<p>before: {_html.escape(summary['before'])}<br>after: {_html.escape(summary['after'])}<br>created {summary['created']}<br>"
     header += _html.escape(_resampling_note(res)) + "</p>"
     if save_to is not None:
-        summary["saved_groups"] = save_results(save_to, res, config, prefix="compare", sources={"before": before, "after": after})
+        summary["saved_groups"] = save_results(save_to, res, config, prefix="compare", sources={"before": before, "after": after},
+                                               headline=summary["verdict"])
     if res["intersection"]:
         header = ("<p class='warn'><b>Compared on the explicit intersection of two stores that differ:</b> "
                   + "; ".join(_html.escape(n) for n in res["intersection"]) + "</p>" + header)

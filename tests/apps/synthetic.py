@@ -51,8 +51,9 @@ def layout(family: str, grid: int = 2) -> dict[str, np.ndarray]:
 
 def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0, visual_scale: float = 1.0,
                 keys: bool = True, pattern: bool = True, examples_per_chunk: int = 64, eval_group: bool = True,
-                image_coord: str | None = None, extra_position: int = 0, grid: int = 2) -> Path:
-    """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``."""
+                image_coord: str | None = None, extra_position: int = 0, grid: int = 2, group_size: int = 0) -> Path:
+    """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``.
+    ``group_size`` > 0: a `group` coordinate (the image) shared by that many consecutive examples."""
     rng = np.random.default_rng(seed)
     lay = layout(family, grid)
     n_vis = len(lay["tile"])
@@ -87,6 +88,8 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
     ecoords = {"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool", "label_colour": "str"}
     if image_coord is not None:
         ecoords["image"] = "str"
+    if group_size:
+        ecoords["group"] = "str"
     w = TraceStoreWriter(path, variables=variables, coords=coords,
                          sizes={"vtoken": n_vis, "corner": 4, "hw": 2, "d_head": D_HEAD, "feature": FEATURE},
                          example_coords=ecoords, attrs={"model_id": f"synthetic-{family}-{seed}"},
@@ -128,6 +131,8 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
                      "image_dependent": [True] * k, "label_colour": list(colour)}
         if image_coord is not None:
             ex_coords["image"] = [image_coord] * k
+        if group_size:
+            ex_coords["group"] = [f"img{i // group_size}" for i in idx]
         w.append(ids, ex_coords, data)
     w.close()
     if eval_group:

@@ -11,6 +11,7 @@ import pytest
 import synthetic as S
 from probe.analysis import AnalysisConfig, BootstrapConfig
 from probe.report import compare
+from probe.report.verdict import saved_verdict
 from probe.store import TraceStore
 
 CFG = AnalysisConfig(bootstrap=BootstrapConfig(n_boot=200))
@@ -23,6 +24,11 @@ def saved_root(dash_root, tmp_path_factory):
     shutil.copytree(dash_root, root)
     summary = compare(root / "before.zarr", root / "after.zarr", root / "c.html", None, CFG, save_to=root / "after.zarr")
     S.write_store(root / "other.zarr", 60, "llava_anyres", seed=5, visual_scale=1.0)
+    # a pair whose images are each asked four times (twice per language): the resampled unit is the image
+    S.write_store(root / "grouped-before.zarr", 80, seed=6, visual_scale=1.0, keys=False, group_size=4)
+    S.write_store(root / "grouped-after.zarr", 80, seed=7, visual_scale=0.5, keys=False, group_size=4)
+    compare(root / "grouped-before.zarr", root / "grouped-after.zarr", root / "g.html", None, CFG,
+            save_to=root / "grouped-after.zarr")
     return root, summary
 
 
@@ -46,7 +52,8 @@ def test_overview_shows_the_saved_verdict(large, saved_root):
     at.run()
     assert not at.exception, at.exception
     shown = _verdict_shown(at)
-    assert shown == summary["verdict"]  # oracle: the lines `probe compare --save` wrote
+    # oracles: the lines `probe compare --save` printed, and the lines drawn again from the saved result groups
+    assert shown == summary["verdict"] == saved_verdict(root / "before.zarr", root / "after.zarr", recompute=True)
     # and the H1 numbers are the saved group's: relative change per layer with its simultaneous band
     (h1,) = [line for line in shown if line.startswith("attention (H1)")]
     c = TraceStore.open(root / "after.zarr").read_group("compare/collapse-layers").sel(source="last_prompt")
@@ -94,3 +101,30 @@ def test_filters_fall_back_from_the_saved_verdict(large, saved_root):
     assert not _verdict_shown(at)
     assert "covers all examples, not the filters" in " ".join(m.value for m in at.markdown)
     assert np.isin(at.dataframe[0].value["lang"], ["ko"]).all()
+
+
+def test_dependence_table_resamples_images_as_the_verdict(large, saved_root):
+    import xarray as xr
+
+    from probe.analysis.stats import BootstrapConfig, bootstrap_scalar_ci
+
+    root = saved_root[0]
+    at = large(before="grouped-before.zarr", after="grouped-after.zarr", view="overview")
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    shown = " ".join(_verdict_shown(at))
+    for side in ("before", "after"):
+        path = root / f"grouped-{side}.zarr"
+        ev = xr.open_zarr(path, group="eval", consolidated=False).load()
+        units = TraceStore.open(path).dataset["group"].values  # eval rows are in store order here
+        for lang in ("en", "ko"):
+            keep = (ev["example_lang"].values == lang) & ev["has_partner"].values
+            # oracle: cluster bootstrap over images (the store's group), as the dashboard's default config
+            want = bootstrap_scalar_ci(ev["visually_dependent"].values[keep].astype(float), BootstrapConfig(), units[keep])
+            row = table[(table["store"] == side) & (table["lang"] == lang)].iloc[0]
+            np.testing.assert_allclose([row.visual_dependence, row.ci_low, row.ci_high], want, rtol=0, atol=1e-12)
+    # the saved verdict (n_boot 200) resamples the same unit: its point estimates are the table's
+    for lang in ("en", "ko"):
+        b, a = (table[(table["store"] == s) & (table["lang"] == lang)].iloc[0].visual_dependence for s in ("before", "after"))
+        assert f"behaviour ({lang}): visual dependence {b * 100:.1f}% [" in shown and f"→ {a * 100:.1f}% [" in shown

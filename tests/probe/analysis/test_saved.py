@@ -44,7 +44,7 @@ def test_saved_results_read_back_as_computed(saved) -> None:
     res, config = load_results(a, "compare", {"before": b, "after": a})
     assert config == CFG
     # oracle: the lines `compare` wrote when it saved, and its in-memory results
-    assert verdict(res, config) == summary["verdict"] == saved_verdict(b, a)
+    assert verdict(res, config) == summary["verdict"] == saved_verdict(b, a) == saved_verdict(b, a, recompute=True)
     live = summary["results"]  # as the JSON summary holds them
     assert isinstance(res["mir"], xr.DataArray)
     xr.testing.assert_allclose(res["mir"].load(), xr.DataArray.from_dict(live["mir"]))
@@ -66,8 +66,9 @@ def test_saved_results_refused_for_another_pair_or_a_changed_store(saved, tmp_pa
         load_results(a, "compare", {"store": a})
     ds = make_dataset(n=24, after=False)
     TraceStore.open(b).write_group("eval", make_eval(ds, False))  # re-evaluated: same values, a new eval group
-    with pytest.raises(SavedResultsError, match=r"another before store, or from .*b.zarr before it changed \(groups.eval"):
-        saved_verdict(b, a)
+    for recompute in (False, True):
+        with pytest.raises(SavedResultsError, match=r"another before store, or from .*b.zarr before it changed \(groups.eval"):
+            saved_verdict(b, a, recompute=recompute)
 
 
 def test_a_group_from_another_save_is_refused(saved) -> None:
