@@ -76,7 +76,8 @@ def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]
             continue
         ds = open_dataset(path)
         ev = filter_eval(ev, filtered_ids(ds, filters))
-        units, _ = groups_of(ds, ev["example"].values)
+        # as the verdict's behaviour lines: each example its own unit when the store records no group
+        units = groups_of(ds, ev["example"].values)[0] if "group" in ds.coords else None
         lang = to_str(ev["example_lang"].values)
         keep = ev["example_image_dependent"].values.astype(bool)
         if "has_partner" in ev:
@@ -84,7 +85,7 @@ def dependence_table(paths: dict[str, Path], filters: dict[str, tuple[str, ...]]
         vd = ev["visually_dependent"].values.astype(float)
         for lg in sorted(set(lang.tolist())):
             x = vd[keep & (lang == lg)]
-            m, lo, hi = bootstrap_scalar_ci(x, config, units[keep & (lang == lg)])
+            m, lo, hi = bootstrap_scalar_ci(x, config, None if units is None else units[keep & (lang == lg)])
             rows.append({"store": name, "lang": lg, "visual_dependence": m, "ci_low": lo, "ci_high": hi, "n": int(len(x))})
     return pd.DataFrame(rows, columns=["store", "lang", "visual_dependence", "ci_low", "ci_high", "n"])
 
