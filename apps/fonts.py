@@ -40,12 +40,25 @@ def _woff(chars: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# Streamlit's own text font (streamlit/static: genericFonts.sansSerif; its tables draw on a canvas with it) and the
+# descriptors of its @font-face: a face joins that family for some characters only when its descriptors are the same
+STREAMLIT_SANS = "Source Sans"
+STREAMLIT_SANS_DESCRIPTORS = "font-weight:100 900;font-style:normal"
+
+
 def font_face(text: str) -> tuple[str, str]:
     """(a <style> declaring a font family with the glyphs of `text`'s non-ASCII characters, that family's CSS name);
-    ("", "") when `text` needs none or the font is not installed. Put the family after the page's own fonts."""
+    ("", "") when `text` needs none or the font is not installed. Put the family after the page's own fonts.
+
+    The same glyphs are also added to Streamlit's text font for exactly these characters (unicode-range), so that
+    Streamlit's own elements (tables, drawn on a canvas) show them too.
+    """
     chars = "".join(sorted({c for c in text if ord(c) in _covered()}))
     if not chars:
         return "", ""
     family = f"visblind-cjk-{hashlib.sha1(chars.encode()).hexdigest()[:10]}"
-    style = f"<style>@font-face{{font-family:'{family}';src:url(data:font/woff;base64,{_woff(chars)}) format('woff')}}</style>"
-    return style, f"'{family}'"
+    src = f"src:url(data:font/woff;base64,{_woff(chars)}) format('woff')"
+    ranges = ",".join(f"U+{ord(c):04X}" for c in chars)
+    style = (f"<style>@font-face{{font-family:'{family}';{src}}}"
+             f"@font-face{{font-family:'{STREAMLIT_SANS}';{STREAMLIT_SANS_DESCRIPTORS};{src};unicode-range:{ranges}}}</style>")
+    return style, family  # a plain CSS identifier: usable unquoted inside a quoted HTML attribute

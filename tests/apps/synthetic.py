@@ -51,9 +51,11 @@ def layout(family: str, grid: int = 2) -> dict[str, np.ndarray]:
 
 def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0, visual_scale: float = 1.0,
                 keys: bool = True, pattern: bool = True, examples_per_chunk: int = 64, eval_group: bool = True,
-                image_coord: str | None = None, extra_position: int = 0, grid: int = 2, group_size: int = 0) -> Path:
+                image_coord: str | None = None, extra_position: int = 0, grid: int = 2, group_size: int = 0,
+                prompt: tuple[str, ...] | None = None) -> Path:
     """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``.
-    ``group_size`` > 0: a `group` coordinate (the image) shared by that many consecutive examples."""
+    ``group_size`` > 0: a `group` coordinate (the image) shared by that many consecutive examples; ``prompt``: the
+    token strings around the image (default PROMPT)."""
     rng = np.random.default_rng(seed)
     lay = layout(family, grid)
     n_vis = len(lay["tile"])
@@ -114,7 +116,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
             "query_position": np.tile(np.array([seq - ANSWER - 1, seq - ANSWER], np.int32), (k, 1)),
             "n_vtoken": np.full(k, n_vis, np.int32),
             "input_ids": np.tile(np.where(seg == Segment.PAD, -1, 100 + np.arange(n_pos)), (k, 1)),
-            "token": np.tile(np.array(tokens(seg), dtype=object), (k, 1)),
+            "token": np.tile(np.array(tokens(seg, prompt or PROMPT), dtype=object), (k, 1)),
             "attn_share": share,
             "visual_tile": np.tile(lay["tile"], (k, 1)), "visual_row": np.tile(lay["row"], (k, 1)),
             "visual_col": np.tile(lay["col"], (k, 1)),
@@ -143,9 +145,9 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
 PROMPT = ("USER", ":", " What", " colour", " is", " the", " disc", "?", " ASSIST", "ANT", ":", " red", "\n")
 
 
-def tokens(seg: np.ndarray) -> list[str]:
+def tokens(seg: np.ndarray, prompt: tuple[str, ...] = PROMPT) -> list[str]:
     """Token strings per position: prompt words around the image, `<image>` on visual positions, "" on pads."""
-    words = iter(PROMPT * 4)
+    words = iter(prompt * 4)
     return ["<image>" if s == Segment.VISUAL else "" if s == Segment.PAD else next(words) for s in seg]
 
 
