@@ -77,3 +77,18 @@ def test_a_group_from_another_save_is_refused(saved) -> None:
     st.write_group("compare/collapse-layers", st.read_group("compare/collapse-layers").load().assign_attrs(visblind_saved_id="x"))
     with pytest.raises(SavedResultsError, match="not from the save"):
         load_results(a, "compare", {"before": b, "after": a})
+
+
+def test_cli_compare_save_writes_what_the_dashboard_reads(saved, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+
+    b, a, _ = saved
+    shutil.rmtree(a / "compare")  # the copy's earlier save
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["compare", str(b), str(a), "--out", str(out), "--save"])
+    assert result.exit_code == 0, result.output
+    assert saved_verdict(b, a) == json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["verdict"]
