@@ -32,6 +32,20 @@ def read_group(path: str | Path, name: str) -> xr.Dataset | None:
     return store.read_group(name) if name in store.groups() else None
 
 
+def pair_stamp(before: str | Path, after: str | Path) -> str | None:
+    """Both stores' fingerprints as one string (a cache key that changes when either store does), or None when a
+    store cannot be fingerprinted (then it has no usable saved results)."""
+    import json
+
+    from probe.analysis.saved import SavedResultsError, fingerprint
+    from probe.store import StoreError
+
+    try:
+        return json.dumps([fingerprint(before), fingerprint(after)], sort_keys=True, default=str)
+    except (StoreError, SavedResultsError, OSError):
+        return None
+
+
 def store_groups(path: str | Path, prefix: str) -> list[str]:
     """Names of a store's groups under ``prefix`` (e.g. "runs/")."""
     return [g for g in TraceStore.open(path).groups() if g.startswith(prefix)]

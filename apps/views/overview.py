@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from apps.data import example_mask, filter_eval, filtered_ids, open_dataset, read_group
+from apps.data import example_mask, filter_eval, filtered_ids, open_dataset, pair_stamp, read_group
 from apps.views.context import ViewContext
 from probe.analysis._io import to_str
 from probe.analysis.pipeline import AnalysisConfig, compare_stores
-from probe.analysis.saved import SavedResultsError, fingerprint
+from probe.analysis.saved import SavedResultsError
 from probe.analysis.stats import bootstrap_scalar_ci, groups_of
 from probe.report.verdict import saved_verdict, verdict
 
@@ -45,10 +44,9 @@ def verdict_lines(before: Path, after: Path, filters: tuple) -> list[str]:
 
 def saved_lines(before: Path, after: Path) -> tuple[list[str] | None, str]:
     """(verdict lines saved by `probe compare --save` for this pair as it is now, "") or (None, why there are none)."""
-    try:
-        stamp = json.dumps([fingerprint(before), fingerprint(after)], sort_keys=True, default=str)
-    except Exception as err:  # a store that cannot be fingerprinted has no usable saved verdict
-        return None, str(err).splitlines()[0]
+    stamp = pair_stamp(before, after)
+    if stamp is None:
+        return None, "a store cannot be fingerprinted"
     return _saved_cached(before, after, stamp)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,12 @@ def write_results(path: Path) -> xr.Dataset:
                     coords={"intervention": ["visual_boost", "attn_redistribution"], "strength": strengths, "lang": ["en", "ko"]})
     ds.to_zarr(path, mode="w", consolidated=False)
     return ds
+
+
+def plotly_array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or {"dtype", "bdata" (base64), "shape"} as plotly 6 writes numpy arrays."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(x) for x in shape.split(",")] if isinstance(shape, str) else shape) if shape else flat
+    return np.asarray(value, dtype=float)

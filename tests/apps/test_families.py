@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+import synthetic as S
 from probe.segments import Segment
 from probe.store import TraceStore
 
@@ -48,17 +49,6 @@ def family_root(tmp_path_factory, make_colour_manifest):
 def fam_app(app, family_root, monkeypatch):
     monkeypatch.setenv("VISBLIND_DASHBOARD_ROOT", str(family_root))
     return lambda family, view: app(before=f"{family}-before.zarr", after=f"{family}-after.zarr", view=view)
-
-
-def _array(value) -> np.ndarray:
-    """A plotly JSON array: a list, or {"dtype", "bdata" (base64), "shape"} as plotly 6 writes numpy arrays."""
-    if isinstance(value, dict):
-        import base64
-
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(x) for x in shape.split(",")] if isinstance(shape, str) else shape) if shape else flat
-    return np.asarray(value, dtype=float)
 
 
 def _ds(root, family, side):
@@ -123,7 +113,7 @@ def test_example_view_paints_the_stores_boxes(fam_app, family_root, family):
         boxes = ds["visual_box"].values[: len(vis)]
         size = tuple(int(v) for v in ds["image_size"].values)
         heat = next(t for t in figs[side]["data"] if t["type"] == "heatmap")["z"]
-        np.testing.assert_allclose(_array(heat), paint(row[vis], boxes, size), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(S.plotly_array(heat), paint(row[vis], boxes, size), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

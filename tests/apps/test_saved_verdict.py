@@ -128,3 +128,31 @@ def test_dependence_table_resamples_images_as_the_verdict(large, saved_root):
     for lang in ("en", "ko"):
         b, a = (table[(table["store"] == s) & (table["lang"] == lang)].iloc[0].visual_dependence for s in ("before", "after"))
         assert f"behaviour ({lang}): visual dependence {b * 100:.1f}% [" in shown and f"→ {a * 100:.1f}% [" in shown
+
+
+def _grids(at) -> dict[str, np.ndarray]:
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: S.plotly_array(s["data"][0]["z"]) for s in specs
+            if s["data"] and s["data"][0]["type"] == "heatmap"}
+
+
+def test_heads_grids_from_the_saved_comparison(large, saved_root):
+    root = saved_root[0]
+    at = large(before="before.zarr", after="after.zarr", view="heads")
+    at.run()
+    assert not at.exception, at.exception
+    assert any("probe compare --save" in c.value for c in at.caption)
+    grids = _grids(at)
+    c = TraceStore.open(root / "after.zarr").read_group("compare/collapse-layers").sel(source="last_prompt")
+    for name, var in (("before", "before"), ("after", "after"), ("after − before", "diff")):
+        np.testing.assert_array_equal(grids[name], c[var].values)  # oracle 1: the saved group
+    for side in ("before", "after"):  # oracle 2: the store's own mean over examples (float32 storage)
+        live = TraceStore.open(root / f"{side}.zarr").dataset["attn_share"].sel(segment="visual", source="last_prompt")
+        np.testing.assert_allclose(grids[side], live.mean("example").values, rtol=1e-5)
+    other = large(before="other.zarr", after="after.zarr", view="heads")
+    other.run()
+    assert not any("probe compare --save" in c.value for c in other.caption)  # another pair: computed from the stores
+    live = TraceStore.open(root / "other.zarr").dataset["attn_share"].sel(segment="visual", source="last_prompt")
+    np.testing.assert_allclose(_grids(other)["before"], live.mean("example").values, rtol=1e-5)
