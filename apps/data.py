@@ -33,15 +33,18 @@ def read_group(path: str | Path, name: str) -> xr.Dataset | None:
 
 
 def pair_stamp(before: str | Path, after: str | Path) -> str | None:
-    """Both stores' fingerprints as one string (a cache key that changes when either store does), or None when a
-    store cannot be fingerprinted (then it has no usable saved results)."""
+    """Both stores' fingerprints and the time of the comparison saved in AFTER, as one string (a cache key that
+    changes when either store or the saved comparison does), or None when a store cannot be fingerprinted (then it
+    has no usable saved results)."""
     import json
 
-    from probe.analysis.saved import SavedResultsError, fingerprint
+    from probe.analysis.saved import COMPARE, INDEX, SavedResultsError, fingerprint
     from probe.store import StoreError
 
+    index = Path(after) / COMPARE / INDEX / "zarr.json"
     try:
-        return json.dumps([fingerprint(before), fingerprint(after)], sort_keys=True, default=str)
+        saved = index.stat().st_mtime_ns if index.is_file() else None
+        return json.dumps([fingerprint(before), fingerprint(after), saved], sort_keys=True, default=str)
     except (StoreError, SavedResultsError, OSError):
         return None
 

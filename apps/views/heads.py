@@ -13,7 +13,7 @@ import xarray as xr
 from apps.data import example_mask, open_dataset, pair_stamp
 from apps.views.context import ViewContext
 from probe.analysis._io import to_str
-from probe.analysis.saved import SavedResultsError, load_results
+from probe.analysis.saved import COMPARE, SavedResultsError, load_results
 
 
 def _share(path: Path, filters: dict, source: str) -> xr.DataArray:
@@ -45,7 +45,7 @@ def saved_grids(before: Path, after: Path, source: str) -> dict[str, xr.DataArra
 @st.cache_data(show_spinner=False, max_entries=16)
 def _saved_grids(before: Path, after: Path, source: str, stamp: str) -> dict[str, xr.DataArray] | None:
     try:  # `stamp` (both stores' fingerprints) keys the cache: a changed store is read again, and refused
-        res, _ = load_results(after, "compare", {"before": before, "after": after}, {"collapse"})
+        res, _ = load_results(after, COMPARE, {"before": before, "after": after}, {"collapse"})
     except SavedResultsError:
         return None
     c = res.get("collapse", {}).get("layers") if isinstance(res.get("collapse"), dict) else None

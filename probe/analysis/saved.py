@@ -16,6 +16,7 @@ from typing import Any
 import xarray as xr
 
 INDEX = "index"
+COMPARE = "compare"  # the prefix `probe compare --save` writes under, in the AFTER store
 SAVE_ID_ATTR = "visblind_saved_id"
 
 

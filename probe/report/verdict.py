@@ -162,12 +162,12 @@ def saved_verdict(before: Any, after: Any, recompute: bool = False) -> list[str]
     was saved for this pair as it is now."""
     import json
 
-    from probe.analysis.saved import load_results, saved_index
+    from probe.analysis.saved import COMPARE, load_results, saved_index
 
     if not recompute:
-        index = saved_index(after, "compare", {"before": before, "after": after})
+        index = saved_index(after, COMPARE, {"before": before, "after": after})
         if "verdict" in index.attrs:
             return json.loads(index.attrs["verdict"])
     names = {a.name for a in registry.ANALYSES if a.verdict is not None and a.pair is not None}
-    res, config = load_results(after, "compare", {"before": before, "after": after}, names)
+    res, config = load_results(after, COMPARE, {"before": before, "after": after}, names)
     return verdict(res, config)

@@ -91,6 +91,12 @@ def test_overview_refuses_a_stale_verdict(large, saved_root, tmp_path, monkeypat
     assert not _verdict_shown(at)
     assert "before it changed (groups.eval" in " ".join(m.value for m in at.markdown)
     assert at.button(key="verdict_button")  # still computable on request
+    # saved again (another config): the same server shows the new save, not its cached reading of the old one
+    again = compare(root / "before.zarr", root / "after.zarr", root / "c2.html", None,
+                    AnalysisConfig(bootstrap=BootstrapConfig(n_boot=100)), save_to=root / "after.zarr")
+    at = large(before="before.zarr", after="after.zarr", view="overview")
+    at.run()
+    assert _verdict_shown(at) == again["verdict"] != saved_root[1]["verdict"]
 
 
 def test_filters_fall_back_from_the_saved_verdict(large, saved_root):
