@@ -100,10 +100,12 @@ def _verdict(ctx: ViewContext) -> None:
     if n <= AUTO_VERDICT_MAX_EXAMPLES or asked:
         st.markdown("\n".join(f"- {line}" for line in verdict_lines(ctx.before, ctx.after, ctx.filters)))
         return
-    if lines is not None:
-        why = "the saved verdict covers all examples, not the filters chosen"
-    st.markdown(f"No saved verdict for this pair ({why}); compute it with `{compare_command(ctx.before, ctx.after)}`")
-    if st.button(f"or compute it here ({n} examples: minutes)", key="verdict_button"):
+    if ctx.filters:
+        st.markdown(f"The verdict for the examples the filters keep is computed here on request (up to {n} examples: "
+                    "minutes)" + ("; without filters, the saved verdict over all examples is shown." if lines else "."))
+    else:
+        st.markdown(f"No saved verdict for this pair ({why}); compute it with `{compare_command(ctx.before, ctx.after)}`")
+    if st.button(f"compute it here ({n} examples: minutes)", key="verdict_button"):
         st.session_state["verdict_asked"] = (ctx.before, ctx.after, ctx.filters)
         st.rerun()
 
