@@ -86,6 +86,7 @@ class AttentionRecorder:
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._attachment: Attachment | None = None
         self._codes: list[int] = []
+        self._scratch: dict = {}  # the widened q/k/v of the current batch, reused layer to layer
 
     # --- batch ---------------------------------------------------------------------
     def set_batch(self, segments: torch.Tensor, query_positions: torch.Tensor | None = None) -> None:
@@ -106,6 +107,7 @@ class AttentionRecorder:
         self._query_positions = query_positions.long()
         self._codes = _attn_math.mass_codes(self._segments)
         self._on_device = {}
+        self._scratch = {}
         self.results = {}
 
     def reset(self) -> None:
@@ -124,6 +126,7 @@ class AttentionRecorder:
         if self._attachment is not None:
             self._attachment.detach()
         self._attachment = None
+        self._scratch = {}
 
     # --- compute -------------------------------------------------------------------
     def _hook(self, call: AttentionCall, proceed: Proceed) -> Output:
@@ -173,8 +176,11 @@ class AttentionRecorder:
         """Run the call with the mass columns appended to value; keep the masses, return the model's own columns."""
         dv, n = call.value.shape[-1], len(self._codes)
         # differentiable in q, k, v: under autograd the model's own output keeps its graph
-        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes)
+        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes,
+                                                      self._scratch)
         output, weights = proceed(call.replace(query=query, key=key, value=value, scaling=call.scaling))
+        if len(self.results) + 1 == len(self._layers):  # the last recorded layer: free the buffers before the head
+            self._scratch = {}
         if output.shape[-1] != value.shape[-1]:
             raise RuntimeError(
                 f"decoder layer {call.layer}: attention returned width {output.shape[-1]} for values of width "
