@@ -14,7 +14,8 @@ layers, d=512, 576 visual tokens + text):
 
 Prints wall-time, CPU-time and peak-memory ratios to `bare` measured in one run. Each (method, T) runs in a
 fresh subprocess so peak memory is that method's own (CPU: ru_maxrss above the post-load
-baseline, read after the method's first call; CUDA: max_memory_allocated above the weights). Inside
+baseline after the method's first call, in one more process run with a fixed malloc mmap threshold,
+where it repeats to the MiB; CUDA: max_memory_allocated above the weights). Inside
 that process each timed call follows a bare SDPA forward on the same weights, and the time ratios are
 the median of these pairs (a shared machine's load drifts; separate processes also differ by where
 the weights landed); TransformerLens rewires the model in place, so its ratio is against the bare process.
@@ -151,7 +152,7 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
     # TransformerLens rewires the model in place (its bridge components, eager): no bare forward left to pair with
     paired = method not in ("bare", "tl")
-    if paired:
+    if paired and repeats:
         bare()
     times, cpu_times, wall_ratio, cpu_ratio = [], [], [], []
     for _ in range(repeats):
@@ -163,7 +164,8 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
         if paired:
             wall_ratio.append(wall / bare_wall)
             cpu_ratio.append(cpu / bare_cpu)
-    return {"method": method, "T": seq_len, "seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mib": peak,
+    return {"method": method, "T": seq_len, "seconds": min(times, default=0.0), "cpu_seconds": min(cpu_times, default=0.0),
+            "peak_mib": peak,
             "paired_wall": wall_ratio, "paired_cpu": cpu_ratio}
 
 
@@ -271,17 +273,23 @@ def main() -> None:
     if "bare" not in methods:
         methods.insert(0, "bare")
 
-    def worker(method: str, seq_len: int) -> dict:
+    def worker(method: str, seq_len: int, peak_only: bool = False) -> dict:
         cmd = [sys.executable, __file__, "--worker", method, str(seq_len), "--batch", str(args.batch),
-               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+               "--repeats", "0" if peak_only else str(args.repeats), "--device", args.device, "--dtype", args.dtype,
                "--threads", str(args.threads)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # glibc's adaptive mmap threshold keeps freed blocks of up to 32 MiB in the heap, so ru_maxrss varies by
+        # +-60 MiB run to run; a fixed threshold returns every large block at once and the peak repeats exactly
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"} if peak_only else None
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if res.returncode:
             sys.exit(f"{method} at T={seq_len} failed:\n{res.stderr[-2000:]}")
-        print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
+        print(f"  measured {method:8s} T={seq_len}{' (peak memory)' if peak_only else ''}", file=sys.stderr)
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     rows = {(m, t): worker(m, t) for t in args.lengths for m in methods}
+    if args.device == "cpu":  # peak memory from its own process, timings from the default allocator's
+        for (m, t), r in rows.items():
+            r["peak_mib"] = worker(m, t, peak_only=True)["peak_mib"]
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} threads={args.threads or 'default'} "
           f"layers=8 d=512 visual={N_VISUAL} repeats={args.repeats}")
     others = [m for m in methods if m != "bare"]
