@@ -182,14 +182,15 @@ def _wide_value(value: torch.Tensor, segments: torch.Tensor, codes: list[int], w
     return wide
 
 
-def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int]) -> torch.Tensor:
+def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int],
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-source mean mass per segment from per-query masses: mass [b, T, head, len(codes)] -> [b, head, 3, n_segments].
 
     TEXT gets the rest of each query's unit mass; segments absent from the batch get 0; NaN where a
-    source has no query.
+    source has no query. `weights`: source_weights(segments), when the caller has them already.
     """
     batch, seq, heads, _ = mass.shape
-    weights = source_weights(segments)  # [b, 3, T]
+    weights = source_weights(segments) if weights is None else weights  # [b, 3, T]
     used = (weights.sum(dim=1) > 0)[:, :, None, None]
     # queries nobody averages over may be fully masked (NaN rows): drop them rather than multiply NaN by 0
     mass = torch.where(used, mass.to(torch.float64), 0.0)

@@ -131,6 +131,9 @@ def _bad_examples(loaded: Any, examples: Sequence[Example], me: World, progress:
     return [(ex.id, reasons[ex.id]) for ex in examples if ex.id in reasons]
 
 
+_GLOO: Any = None  # the gloo group made beside a non-gloo default group
+
+
 def _group() -> Any:
     """A gloo process group over every rank (so it works on CPU and beside a user's NCCL group)."""
     import torch.distributed as dist
@@ -143,9 +146,6 @@ def _group() -> Any:
     if _GLOO is None:
         _GLOO = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
     return _GLOO
-
-
-_GLOO: Any = None
 
 
 def _barrier() -> None:

@@ -114,7 +114,7 @@ def _variables(cap: Capture) -> dict[str, VariableSpec]:
     }
 
 
-P = ParamSpec("P")
+_P = ParamSpec("_P")
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,11 @@ class Loaded:
         return loaded
 
 
-def _launched(local: Callable[P, TraceStore]) -> Callable[P, TraceStore]:
+def _launched(local: Callable[_P, TraceStore]) -> Callable[_P, TraceStore]:
     """`local` when this process runs alone, the data-parallel capture under torchrun / accelerate launch."""
 
     @functools.wraps(local)
-    def capture(*args: P.args, **kwargs: P.kwargs) -> TraceStore:
+    def capture(*args: _P.args, **kwargs: _P.kwargs) -> TraceStore:
         from probe.capture.distributed import data_parallel_capture, world
 
         return (data_parallel_capture if world().size > 1 else local)(*args, **kwargs)
