@@ -240,3 +240,48 @@ def test_device_map_reaches_from_pretrained(tiny_llava_dir, monkeypatch):
     assert seen["device_map"] == "cpu"
     assert {p.device.type for p in adapter.model.parameters()} == {"cpu"}
     assert np.isfinite(next(adapter.model.parameters()).detach().numpy()).all()
+
+
+def test_shard_interrupted_mid_chunk_resumes_whole_batches(case, tiny_llava_dir, tmp_path, monkeypatch):
+    """--chunk 3 with batches of 2: a shard stopped after its first commit holds whole batches (its chunk is
+    rounded up to 4), so the rerun captures no batch in part and ends equal to one process with --chunk 3.
+
+    In this process, as the one rank of a world of one (gloo), so the interruption lands deterministically.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    from probe.capture.distributed import data_parallel_capture
+    from probe.store import TraceStoreWriter
+
+    manifest, _, _ = case
+    one = capture_local(str(tiny_llava_dir), manifest, tmp_path / "one.zarr", SPEC, progress=False,
+                        examples_per_chunk=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "dp.zarr"
+    real = TraceStoreWriter.append
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    try:
+        monkeypatch.setattr(TraceStoreWriter, "append", failing)
+        with pytest.raises(KeyboardInterrupt):
+            data_parallel_capture(str(tiny_llava_dir), manifest, out, SPEC, progress=False, examples_per_chunk=3)
+        monkeypatch.setattr(TraceStoreWriter, "append", real)
+        assert _committed(shard_folder(out) / "w1r0.zarr") == 4  # two whole batches
+        merged = data_parallel_capture(str(tiny_llava_dir), manifest, out, SPEC, progress=False, examples_per_chunk=3)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _assert_same(merged, one)
