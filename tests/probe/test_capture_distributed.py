@@ -191,6 +191,19 @@ def test_rank_killed_mid_run_then_rerun_equals_one(case, tiny_llava_dir, tmp_pat
     _assert_same(TraceStore.open(out), one)
 
 
+def _interrupted(append, at: int):
+    """TraceStoreWriter.append that raises KeyboardInterrupt on its `at`-th call (counted over every writer)."""
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return append(self, *a, **k)
+
+    return failing
+
+
 def test_merge_interrupted_midway_resumes(case, tiny_llava_dir, tmp_path, monkeypatch):
     """A merge that stops after its first append restarts from what OUT holds and ends equal to one process."""
     from probe.capture import distributed
@@ -205,15 +218,7 @@ def test_merge_interrupted_midway_resumes(case, tiny_llava_dir, tmp_path, monkey
         capture_local(str(tiny_llava_dir), part, shard_folder(out) / f"w2r{r}.zarr", SPEC, progress=False,
                       examples_per_chunk=2)
     real = TraceStoreWriter.append
-    calls = []
-
-    def failing(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(TraceStoreWriter, "append", failing)
+    monkeypatch.setattr(TraceStoreWriter, "append", _interrupted(real, 2))
     with pytest.raises(KeyboardInterrupt):
         distributed.merge_shards(out, [ex.id for ex in examples], manifest=str(manifest), progress=False)
     monkeypatch.setattr(TraceStoreWriter, "append", real)
@@ -266,16 +271,8 @@ def test_shard_interrupted_mid_chunk_resumes_whole_batches(case, tiny_llava_dir,
         monkeypatch.setenv(k, v)
     out = tmp_path / "dp.zarr"
     real = TraceStoreWriter.append
-    calls = []
-
-    def failing(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
     try:
-        monkeypatch.setattr(TraceStoreWriter, "append", failing)
+        monkeypatch.setattr(TraceStoreWriter, "append", _interrupted(real, 3))
         with pytest.raises(KeyboardInterrupt):
             data_parallel_capture(str(tiny_llava_dir), manifest, out, SPEC, progress=False, examples_per_chunk=3)
         monkeypatch.setattr(TraceStoreWriter, "append", real)
