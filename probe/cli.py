@@ -28,7 +28,8 @@ def capture_cmd(
 ) -> None:
     """Record attention statistics, keys, residuals and projector outputs into a TraceStore.
 
-    Under `torchrun --nproc-per-node N` each process captures its share; rank 0 merges them into --out.
+    Under `torchrun --nproc-per-node N` (or `accelerate launch --multi_gpu --num_processes N`) each process
+    captures its share; rank 0 merges them into --out.
     """
     from probe.capture import CaptureSpec, capture
     from probe.capture.distributed import world
