@@ -32,6 +32,23 @@ def read_group(path: str | Path, name: str) -> xr.Dataset | None:
     return store.read_group(name) if name in store.groups() else None
 
 
+def pair_stamp(before: str | Path, after: str | Path) -> str | None:
+    """Both stores' fingerprints and the time of the comparison saved in AFTER, as one string (a cache key that
+    changes when either store or the saved comparison does), or None when a store cannot be fingerprinted (then it
+    has no usable saved results)."""
+    import json
+
+    from probe.analysis.saved import COMPARE, INDEX, SavedResultsError, fingerprint
+    from probe.store import StoreError
+
+    index = Path(after) / COMPARE / INDEX / "zarr.json"
+    try:
+        saved = index.stat().st_mtime_ns if index.is_file() else None
+        return json.dumps([fingerprint(before), fingerprint(after), saved], sort_keys=True, default=str)
+    except (StoreError, SavedResultsError, OSError):
+        return None
+
+
 def store_groups(path: str | Path, prefix: str) -> list[str]:
     """Names of a store's groups under ``prefix`` (e.g. "runs/")."""
     return [g for g in TraceStore.open(path).groups() if g.startswith(prefix)]

@@ -14,7 +14,13 @@ layers, d=512, 576 visual tokens + text):
 
 Prints wall-time, CPU-time and peak-memory ratios to `bare` measured in one run. Each (method, T) runs in a
 fresh subprocess so peak memory is that method's own (CPU: ru_maxrss above the post-load
-baseline; CUDA: max_memory_allocated above the weights). Then, unless --no-bf16, the largest
+baseline after the method's first call, in one more process run with a fixed malloc mmap threshold,
+where it repeats to the MiB; CUDA: max_memory_allocated above the weights). Inside
+that process each timed call follows a bare SDPA forward on the same weights, and the time ratios are
+the median of these pairs (a shared machine's load drifts; separate processes also differ by where
+the weights landed); TransformerLens rewires the model in place, so its ratio is against the bare process.
+capture's timed call includes collect() of the forward's quantities, not the input bookkeeping
+(token ids and strings, visual layout), which is the same whatever computes the attention. Then, unless --no-bf16, the largest
 error of capture's shares in bfloat16 against the float32 softmax of the same bf16 q/k.
 
     python benchmarks/capture_overhead.py [--lengths 640 1280 2560] [--repeats 3] [--device cpu] [--threads N]
@@ -27,6 +33,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +79,7 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
     import torch
 
     from probe.capture import Capture, CaptureSpec
+    from probe.capture.recordables import INPUTS
     from probe.models.base import ModelInputs
     from probe.models.llava import LlavaAdapter
     from probe.segments import Segment
@@ -83,6 +91,8 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
     layers = adapter.attention_modules
     spec = CaptureSpec(attn_share=True, attn_pattern=True, max_answer_tokens=0, resid=("pooled",), projector=False)
     cap = Capture(adapter, spec) if method == "capture" else None
+    if cap is not None:  # token ids/strings, layout: bookkeeping from the inputs alone, not what is compared here
+        cap.recordables = [r for r in cap.recordables if r.source != INPUTS]
     batch_inputs = ModelInputs(feed, segments, None, [str(i) for i in range(batch)])
     if method in ("eager", "nnsight"):
         model.set_attn_implementation("eager")
@@ -114,26 +124,49 @@ def run_one(method: str, seq_len: int, batch: int, repeats: int, device: str, dt
                 return _reduce([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(len(layers))],
                                [cache[f"blocks.{i}.hook_resid_post"] for i in range(len(layers))], segments)
 
-    # the first call sets the peak (ru_maxrss is a high-water mark), later calls are timed
+    def bare():
+        # the bare SDPA forward on the same weights in this process, paired with each timed call of `method`
+        impl = model.config.text_config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        with torch.inference_mode():
+            model(**feed)
+        model.set_attn_implementation(impl)
+
+    def timed(fn) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    # the first call sets the peak (ru_maxrss is a high-water mark): read it before any paired bare call
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     once()
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        once()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"method": method, "T": seq_len, "seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mib": peak}
+    # TransformerLens rewires the model in place (its bridge components, eager): no bare forward left to pair with
+    paired = method not in ("bare", "tl")
+    if paired and repeats:
+        bare()
+    times, cpu_times, wall_ratio, cpu_ratio = [], [], [], []
+    for _ in range(repeats):
+        if paired:
+            bare_wall, bare_cpu = timed(bare)
+        wall, cpu = timed(once)
+        times.append(wall)
+        cpu_times.append(cpu)
+        if paired:
+            wall_ratio.append(wall / bare_wall)
+            cpu_ratio.append(cpu / bare_cpu)
+    return {"method": method, "T": seq_len, "seconds": min(times, default=0.0), "cpu_seconds": min(cpu_times, default=0.0),
+            "peak_mib": peak,
+            "paired_wall": wall_ratio, "paired_cpu": cpu_ratio}
 
 
 def _nnsight_save(envoy, n_layers: int):
@@ -240,27 +273,44 @@ def main() -> None:
     if "bare" not in methods:
         methods.insert(0, "bare")
 
-    def worker(method: str, seq_len: int) -> dict:
+    def worker(method: str, seq_len: int, peak_only: bool = False) -> dict:
         cmd = [sys.executable, __file__, "--worker", method, str(seq_len), "--batch", str(args.batch),
-               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+               "--repeats", "0" if peak_only else str(args.repeats), "--device", args.device, "--dtype", args.dtype,
                "--threads", str(args.threads)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # glibc's adaptive mmap threshold keeps freed blocks of up to 32 MiB in the heap, so ru_maxrss varies by
+        # +-60 MiB run to run; a fixed threshold returns every large block at once and the peak repeats exactly
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"} if peak_only else None
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if res.returncode:
             sys.exit(f"{method} at T={seq_len} failed:\n{res.stderr[-2000:]}")
-        print(f"  measured {method:8s} T={seq_len}", file=sys.stderr)
+        print(f"  measured {method:8s} T={seq_len}{' (peak memory)' if peak_only else ''}", file=sys.stderr)
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     rows = {(m, t): worker(m, t) for t in args.lengths for m in methods}
+    if args.device == "cpu":  # peak memory from its own process, timings from the default allocator's
+        for (m, t), r in rows.items():
+            r["peak_mib"] = worker(m, t, peak_only=True)["peak_mib"]
     print(f"device={args.device} dtype={args.dtype} batch={args.batch} threads={args.threads or 'default'} "
-          f"layers=8 d=512 visual={N_VISUAL}")
+          f"layers=8 d=512 visual={N_VISUAL} repeats={args.repeats}")
     others = [m for m in methods if m != "bare"]
-    # wall time is what a user waits; process CPU time is robust to other load on a shared machine
-    print("ratios to bare: wall time / CPU time / peak memory")
-    print(f"{'T':>6} {'bare s':>7} {'bare cpu s':>10} {'bare MiB':>8}  " + "  ".join(f"{m:>20}" for m in others))
+    # wall time is what a user waits; process CPU time is robust to other load on a shared machine. Time ratios are
+    # the median over repeats of (method / the bare forward timed just before it in the same process, same weights);
+    # [lo-hi] is their range. tl (marked *) cannot pair: min over repeats / min of the separate bare process.
+    print("ratios to bare: wall time / CPU time / peak memory; CPU-time range over the paired repeats in brackets")
+    print(f"{'T':>6} {'bare s':>7} {'bare cpu s':>10} {'bare MiB':>8}  " + "  ".join(f"{m:>32}" for m in others))
     for t in args.lengths:
         a = rows[("bare", t)]
-        cells = [f"{r['seconds'] / a['seconds']:>6.2f} {r['cpu_seconds'] / a['cpu_seconds']:>6.2f} "
-                 f"{r['peak_mib'] / max(a['peak_mib'], 1):>6.2f}" for r in (rows[(m, t)] for m in others)]
+        cells = []
+        for m in others:
+            r = rows[(m, t)]
+            mem = r["peak_mib"] / max(a["peak_mib"], 1)
+            if r["paired_cpu"]:
+                lo, hi = min(r["paired_cpu"]), max(r["paired_cpu"])
+                cells.append(f"{statistics.median(r['paired_wall']):>6.2f} {statistics.median(r['paired_cpu']):>6.3f} "
+                             f"{mem:>6.2f} [{lo:.3f}-{hi:.3f}]")
+            else:
+                cells.append(f"{r['seconds'] / a['seconds']:>6.2f} {r['cpu_seconds'] / a['cpu_seconds']:>6.3f} "
+                             f"{mem:>6.2f}*{'':>13}")
         print(f"{t:>6} {a['seconds']:>7.2f} {a['cpu_seconds']:>10.2f} {a['peak_mib']:>8.0f}  " + "  ".join(cells))
     print("absolute: " + "; ".join(f"{m} T={t}: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s CPU), {r['peak_mib']:.0f} MiB"
                                    for (m, t), r in rows.items()))

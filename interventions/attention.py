@@ -265,7 +265,8 @@ class VAR(AttentionEdit):
 
     @property
     def is_noop(self) -> bool:
-        return self.p == 0 or not self.layers
+        # sink_dims=() (find_sink_dims found no massive dimension): no token can be a sink, nothing is moved
+        return self.p == 0 or not self.layers or self.sink_dims == ()
 
     def set_sinks(self, sinks: torch.Tensor | None) -> None:
         """Sink tokens of the next batch: [batch, seq] bool over all positions (None: detect on the fly)."""

@@ -20,7 +20,8 @@ def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     target = labels[:, 1:]
     mask = target != -100
     tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (tok * mask).sum(1)
+    # where, not a product: a contrastive cut-off leaves -inf off the answer, and -inf * 0 would be NaN
+    return torch.where(mask, tok, torch.zeros_like(tok)).sum(1)
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ def capture_cmd(
 ) -> None:
     """Record attention statistics, keys, residuals and projector outputs into a TraceStore.
 
-    Under `torchrun --nproc-per-node N` each process captures its share; rank 0 merges them into --out.
+    Under `torchrun --nproc-per-node N` (or `accelerate launch --multi_gpu --num_processes N`) each process
+    captures its share; rank 0 merges them into --out.
     """
     from probe.capture import CaptureSpec, capture
     from probe.capture.distributed import world
@@ -106,6 +107,8 @@ def compare_cmd(
     after: Path = typer.Argument(..., help="store captured after (fine-tuned, intervened, mitigated)"),
     out: Path = typer.Option(..., "--out", "-o", help="HTML report to write (a .json summary is written beside it)"),
     intersect: bool = typer.Option(False, "--intersect", help="compare on what both stores share instead of refusing (listed at the top)"),
+    save: bool = typer.Option(False, "--save", help="also write every result into the AFTER store as group compare/<name> "
+                              "(the dashboard's overview reads its verdict from there)"),
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
     from probe.report import compare
@@ -113,7 +116,7 @@ def compare_cmd(
 
     for path in (before, after):
         TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
-    compare(before, after, out, out.with_suffix(".json"), intersect=intersect)
+    compare(before, after, out, out.with_suffix(".json"), intersect=intersect, save_to=after if save else None)
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 

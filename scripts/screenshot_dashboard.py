@@ -16,6 +16,8 @@ from apps.launch import launch, wait_until_ready
 from apps.screenshot import capture, make_driver
 
 REPO = Path(__file__).resolve().parents[1]
+# per view: texts and number of drawn charts that say it has finished drawing
+WAIT_FOR = {"example": (["attention on the image"], 2), "overview": (["Behavioural visual dependence per language"], 1)}
 
 
 def demo_root(folder: Path) -> Path:
@@ -54,8 +56,8 @@ def main() -> None:
             driver = make_driver(1500, 1250)
             try:
                 url = f"http://127.0.0.1:{port}/?before={args.before}&after={args.after}&view={args.view}{args.params}"
-                capture(driver, url, ["attention on the image"] if args.view == "example" else [], args.out,
-                        plots=2 if args.view == "example" else 0)
+                texts, plots = WAIT_FOR.get(args.view, ([], 0))
+                capture(driver, url, texts, args.out, plots=plots)
             finally:
                 driver.quit()
         finally:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from apps.data import filtered_ids, open_dataset
+from apps.fonts import font_face
 from apps.paint import display_size, paint
 from apps.paths import PathRefused, resolve_under_root
 from apps.views.context import ViewContext
@@ -126,7 +127,8 @@ def tokens_html(rec: ExampleRecord, head: int | None) -> str:
         shown = html.escape(tok.replace("\n", "⏎")) or "·"
         out.append(f"<span title='{row[p]:.4f}' style='background:rgba(230,80,0,{alpha:.2f});{border}"
                    f"border-radius:3px;padding:0 2px;white-space:pre'>{shown}</span>")
-    return "<div style='line-height:2;font-family:monospace'>" + "".join(out) + "</div>"
+    style, family = font_face("".join(rec.tokens) + "⏎")
+    return f"{style}<div style='line-height:2;font-family:monospace{',' + family if family else ''}'>" + "".join(out) + "</div>"
 
 
 def load_image(root: Path, rec: ExampleRecord, manifest: Path | None) -> tuple[np.ndarray | None, str]:

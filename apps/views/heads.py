@@ -10,9 +10,10 @@ import plotly.graph_objects as go
 import streamlit as st
 import xarray as xr
 
-from apps.data import example_mask, open_dataset
+from apps.data import example_mask, open_dataset, pair_stamp
 from apps.views.context import ViewContext
 from probe.analysis._io import to_str
+from probe.analysis.saved import COMPARE, SavedResultsError, load_results
 
 
 def _share(path: Path, filters: dict, source: str) -> xr.DataArray:
@@ -32,6 +33,28 @@ def cell_values(path: Path, filters: tuple, source: str, layer: int, head: int) 
     x = _share(path, dict(filters), source).sel(layer=layer, head=head).compute()
     lang = to_str(x["lang"].values) if "lang" in x.coords else np.full(x.sizes["example"], "all")
     return pd.DataFrame({"example": to_str(x["example"].values), "lang": lang, "share": x.values.astype(float)})
+
+
+def saved_grids(before: Path, after: Path, source: str) -> dict[str, xr.DataArray] | None:
+    """Before, after and after − before grids over all examples from the comparison `probe compare --save` kept in
+    AFTER (its visual-share means per layer × head), or None when there is none for this pair as it is now."""
+    stamp = pair_stamp(before, after)
+    return None if stamp is None else _saved_grids(before, after, source, stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _saved_grids(before: Path, after: Path, source: str, stamp: str) -> dict[str, xr.DataArray] | None:
+    try:  # `stamp` (both stores' fingerprints) keys the cache: a changed store is read again, and refused
+        res, _ = load_results(after, COMPARE, {"before": before, "after": after}, {"collapse"})
+    except SavedResultsError:
+        return None
+    c = res.get("collapse", {}).get("layers") if isinstance(res.get("collapse"), dict) else None
+    whole = (c is not None and source in c["source"].values and c.attrs.get("paired")
+             and c.attrs.get("n_before") == open_dataset(before).sizes["example"] == open_dataset(after).sizes["example"])
+    if not whole:  # means over the shared examples only: not the stores' grids
+        return None
+    c = c.sel(source=source)[["before", "after", "diff"]].load()
+    return {"before": c["before"], "after": c["after"], "after − before": c["diff"]}
 
 
 def sources(path: Path) -> list[str]:
@@ -58,8 +81,12 @@ def render(ctx: ViewContext) -> None:
         st.warning("the store has no `attn_share` (capture with CaptureSpec(attn_share=True))")
         return
     source = st.selectbox("query token (source)", srcs, key="heads_source")
-    grids = {name: head_grid(p, ctx.filters, source) for name, p in ctx.stores.items()}
-    if "after" in grids:
+    grids = saved_grids(ctx.before, ctx.after, source) if ctx.after is not None and not ctx.filters else None
+    if grids is not None:
+        st.caption(f"means over all examples, from the comparison `probe compare --save` kept in {ctx.after.name}")
+    else:
+        grids = {name: head_grid(p, ctx.filters, source) for name, p in ctx.stores.items()}
+    if "after" in grids and "after − before" not in grids:
         b, a = xr.align(grids["before"], grids["after"], join="inner")
         grids["after − before"] = a - b
     cols = st.columns(len(grids))

@@ -40,6 +40,13 @@ class AnalysisConfig:
         """Plain JSON-able dict (saved beside every result)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AnalysisConfig":
+        """The config `to_dict` wrote (defaults for what it lacks)."""
+        d = d or {}
+        parts = {"bootstrap": BootstrapConfig, "keyspace": KeyspaceConfig, "probes": ProbeConfig}
+        return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
+
 
 class Skipped(str):
     """A one-line note saying why a section was not computed."""
@@ -148,43 +155,55 @@ def compare_stores(before: Any, after: Any, config: AnalysisConfig = AnalysisCon
     return out
 
 
-def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, prefix: str = "analysis") -> list[str]:
-    """Write each result into the TraceStore `store` as group `{prefix}/{name}` with `config` saved beside it.
+def save_results(store: Any, results: dict[str, Any], config: AnalysisConfig, prefix: str = "analysis",
+                 sources: dict[str, Any] | None = None, headline: list[str] | None = None) -> list[str]:
+    """Write each result into the TraceStore `store` as group `{prefix}/<name>` with `config` saved beside it.
 
     xarray results are written as they are; dict results as one group per xarray member
     (`{name}-{key}`) plus their scalar members as JSON in the attrs of a `{name}` group. Skipped
-    notes are not written. Returns the group names written.
+    notes are not written as groups. Last, `{prefix}/index` lists what this save wrote with the
+    fingerprints of `sources` ({"before": .., "after": ..}, default {"store": store}), so that
+    `probe.analysis.saved.load_results` reads them back only for those stores, unchanged; `headline`
+    (the verdict lines of a comparison) is kept in the index. Returns the group names written.
     """
     import json
+    import uuid
 
+    from probe.analysis.saved import SAVE_ID_ATTR, write_index
     from probe.store import TraceStore
 
     st = store if isinstance(store, TraceStore) else TraceStore.open(store)
-    written = []
+    save_id = uuid.uuid4().hex
+    written: list[str] = []
+    entries: list[dict[str, Any]] = []
 
-    def put(name: str, ds: xr.Dataset) -> None:
-        st.write_group(f"{prefix}/{name}", ds, config)
-        written.append(f"{prefix}/{name}")
-
-    def as_ds(value: Any) -> xr.Dataset:
-        return value.to_dataset(name=value.name or "value") if isinstance(value, xr.DataArray) else value
+    def put(name: str, key: str | None, group: str, value: Any) -> None:
+        kind = "dataset"
+        if isinstance(value, xr.DataArray):
+            kind, value = f"dataarray:{value.name or 'value'}", value.to_dataset(name=value.name or "value")
+        elif not isinstance(value, xr.Dataset):
+            kind, value = "json", xr.Dataset(attrs={"value": json.dumps(_plain(value))})
+        st.write_group(f"{prefix}/{group}", value.assign_attrs({SAVE_ID_ATTR: save_id}), config)
+        written.append(f"{prefix}/{group}")
+        entries.append({"name": name, "key": key, "group": f"{prefix}/{group}", "kind": kind})
 
     for name, value in results.items():
         if isinstance(value, Skipped) or value is None or name == "intersection":
             continue
-        if isinstance(value, (xr.Dataset, xr.DataArray)):
-            put(name, as_ds(value))
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             scalars = {}
             for key, member in value.items():
                 if isinstance(member, (xr.Dataset, xr.DataArray)):
-                    put(f"{name}-{key}", as_ds(member))
-                else:
+                    put(name, str(key), f"{name}-{key}", member)
+                elif member is not None:
                     scalars[key] = member
             if scalars:
-                put(name, xr.Dataset(attrs={"value": json.dumps(_plain(scalars))}))
+                put(name, "", name, scalars)
         else:
-            put(name, xr.Dataset(attrs={"value": json.dumps(_plain(value))}))
+            put(name, None, name, value)
+    skipped = {k: str(v) for k, v in results.items() if isinstance(v, Skipped)}
+    written.append(write_index(st, prefix, entries, skipped, list(results.get("intersection", [])),
+                               sources if sources is not None else {"store": st}, save_id, config, headline))
     return written
 
 

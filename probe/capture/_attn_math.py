@@ -133,7 +133,8 @@ def mass_codes(segments: torch.Tensor) -> list[int]:
 
 
 def widen_for_mass(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: torch.Tensor, codes: list[int]
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: torch.Tensor, codes: list[int],
+    scratch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of one attention call widened so its output also carries each query's mass per segment in `codes`.
 
@@ -141,30 +142,55 @@ def widen_for_mass(
     columns; q, k and v are zero-padded to one common width (flash kernels need equal head dims; zero
     columns leave every q.k unchanged), on accelerators a multiple of 8 so the fused kernels still apply.
     On CPU the width is not rounded: the kernel's time grows with the width (head dim 64, T = 2560, one
-    thread: +10% for one extra column, +21% for eight), and every width runs the same fused kernel.
+    thread: +8-10% for one extra column, +12-21% for eight), and every width runs the same fused kernel.
     The kernel must then be given the original `scaling` explicitly. Output columns [dv, dv + len(codes))
     are the masses, in the value dtype.
+
+    `scratch` (a dict the caller owns for one batch): when no autograd graph is needed, the wide tensors
+    are kept there and reused by the next call of the same shapes, so only q, k, v are copied in (their
+    zero and one-hot columns are written once per batch). The returned tensors are then overwritten by
+    that next call.
     """
     batch, kv, seq, dv = value.shape
     align = 1 if value.device.type == "cpu" else 8
     width = -(-max(query.shape[-1], dv + len(codes)) // align) * align
-    codes_t = torch.tensor(codes, device=segments.device, dtype=segments.dtype)
-    onehot = (segments[..., None] == codes_t).to(value.dtype)  # [b, T, w]
-    wide = value.new_zeros((batch, kv, seq, width))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    if scratch is not None and not grad:
+        sig = (query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype, value.device,
+               torch.is_inference_mode_enabled(), width)
+        if sig not in scratch:
+            scratch[sig] = (query.new_zeros((*query.shape[:-1], width)), key.new_zeros((*key.shape[:-1], width)),
+                            _wide_value(value, segments, codes, width))
+        wide_q, wide_k, wide_v = scratch[sig]
+        wide_q[..., : query.shape[-1]].copy_(query)
+        wide_k[..., : key.shape[-1]].copy_(key)
+        wide_v[..., :dv].copy_(value)
+        return wide_q, wide_k, wide_v
+    wide = _wide_value(value, segments, codes, width)
     wide[..., :dv] = value
-    wide[..., dv : dv + len(codes)] = onehot[:, None]
     pad = torch.nn.functional.pad
     return pad(query, (0, width - query.shape[-1])), pad(key, (0, width - key.shape[-1])), wide
 
 
-def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int]) -> torch.Tensor:
+def _wide_value(value: torch.Tensor, segments: torch.Tensor, codes: list[int], width: int) -> torch.Tensor:
+    """Zeros of value's shape at `width`, with the one-hot columns of `codes` after value's own columns."""
+    batch, kv, seq, dv = value.shape
+    codes_t = torch.tensor(codes, device=segments.device, dtype=segments.dtype)
+    onehot = (segments[..., None] == codes_t).to(value.dtype)  # [b, T, w]
+    wide = value.new_zeros((batch, kv, seq, width))
+    wide[..., dv : dv + len(codes)] = onehot[:, None]
+    return wide
+
+
+def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int],
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-source mean mass per segment from per-query masses: mass [b, T, head, len(codes)] -> [b, head, 3, n_segments].
 
     TEXT gets the rest of each query's unit mass; segments absent from the batch get 0; NaN where a
-    source has no query.
+    source has no query. `weights`: source_weights(segments), when the caller has them already.
     """
     batch, seq, heads, _ = mass.shape
-    weights = source_weights(segments)  # [b, 3, T]
+    weights = source_weights(segments) if weights is None else weights  # [b, 3, T]
     used = (weights.sum(dim=1) > 0)[:, :, None, None]
     # queries nobody averages over may be fully masked (NaN rows): drop them rather than multiply NaN by 0
     mass = torch.where(used, mass.to(torch.float64), 0.0)

@@ -83,9 +83,10 @@ class AttentionRecorder:
         self.results: dict[int, LayerAttention] = {}
         self._segments: torch.Tensor | None = None
         self._query_positions: torch.Tensor | None = None
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._attachment: Attachment | None = None
         self._codes: list[int] = []
+        self._scratch: dict = {}  # the widened q/k/v of the current batch, reused layer to layer
 
     # --- batch ---------------------------------------------------------------------
     def set_batch(self, segments: torch.Tensor, query_positions: torch.Tensor | None = None) -> None:
@@ -106,6 +107,7 @@ class AttentionRecorder:
         self._query_positions = query_positions.long()
         self._codes = _attn_math.mass_codes(self._segments)
         self._on_device = {}
+        self._scratch = {}
         self.results = {}
 
     def reset(self) -> None:
@@ -124,6 +126,7 @@ class AttentionRecorder:
         if self._attachment is not None:
             self._attachment.detach()
         self._attachment = None
+        self._scratch = {}
 
     # --- compute -------------------------------------------------------------------
     def _hook(self, call: AttentionCall, proceed: Proceed) -> Output:
@@ -145,11 +148,11 @@ class AttentionRecorder:
         for name in _UNSUPPORTED_KWARGS:
             if call.kwargs.get(name) is not None:
                 raise NotImplementedError(f"decoder layer {layer}: attention with {name!r} is not supported by the recorder")
-        segments, qpos = self._device_batch(query.device)
+        segments, qpos, source_weights = self._device_batch(query.device)
         out = LayerAttention()
         fused = self.shares and not call.kwargs.get("dropout")
         if fused:
-            output, weights = self._fused(call, proceed, segments, out)
+            output, weights = self._fused(call, proceed, segments, source_weights, out)
         else:
             output, weights = proceed(call)
         with torch.no_grad():
@@ -169,23 +172,30 @@ class AttentionRecorder:
         self.results[layer] = out
         return output, weights
 
-    def _fused(self, call: AttentionCall, proceed: Proceed, segments: torch.Tensor, out: LayerAttention) -> Output:
+    def _fused(self, call: AttentionCall, proceed: Proceed, segments: torch.Tensor, source_weights: torch.Tensor,
+               out: LayerAttention) -> Output:
         """Run the call with the mass columns appended to value; keep the masses, return the model's own columns."""
         dv, n = call.value.shape[-1], len(self._codes)
         # differentiable in q, k, v: under autograd the model's own output keeps its graph
-        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes)
+        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes,
+                                                      self._scratch)
         output, weights = proceed(call.replace(query=query, key=key, value=value, scaling=call.scaling))
+        if len(self.results) + 1 == len(self._layers):  # the last recorded layer: free the buffers before the head
+            self._scratch = {}
         if output.shape[-1] != value.shape[-1]:
             raise RuntimeError(
                 f"decoder layer {call.layer}: attention returned width {output.shape[-1]} for values of width "
                 f"{value.shape[-1]}; a hook attached after the recorder must keep the extra value columns"
             )
-        out.share = _attn_math.shares_from_mass(output[..., dv : dv + n].detach(), segments, self._codes)
+        out.share = _attn_math.shares_from_mass(output[..., dv : dv + n].detach(), segments, self._codes,
+                                                source_weights)
         return output[..., :dv], weights
 
-    def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segments, query positions and per-source query weights of the batch on `device` (once per batch)."""
         if device not in self._on_device:
-            self._on_device[device] = (self._segments.to(device), self._query_positions.to(device))
+            segments = self._segments.to(device)
+            self._on_device[device] = (segments, self._query_positions.to(device), _attn_math.source_weights(segments))
         return self._on_device[device]
 
     def _mask_source(self, call: AttentionCall, segments: torch.Tensor) -> MaskSource:

@@ -32,6 +32,8 @@ API
   zero-pads query and key to the same width and passes `scaling` explicitly). Treat the width of
   value as opaque, keep the width of query/key equal to it if you call a kernel yourself, and
   return an output as wide as the value you ran with.
+  Those widened query/key/value are scratch buffers the recorder reuses for the next layer's call:
+  clone what you keep beyond the call.
 - How it works: the first attach on a model registers one function under a fresh name
   `visblind<n>+<kernel>` (`AttentionInterface.register`), registers the kernel's own mask builder
   under the same name (`AttentionMaskInterface.register`), so the masks the model builds are

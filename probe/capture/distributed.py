@@ -2,10 +2,19 @@
 shard store, then rank 0 merges the shards in manifest order into the output store through its writer.
 
 One writer per store by design: rank r writes only `OUT.shards/w{N}r{r}.zarr`; only rank 0 writes OUT.
-Shares are whole batches (batch k of the one-process run goes to rank k mod N), so every example is
-captured in the same batch, with the same padding, as in a one-process capture. Kill any rank and run the
-same command again: each shard resumes, the merge resumes (it appends in manifest order, so what OUT
-holds is always a prefix), and the shards are deleted once OUT holds everything.
+First the ranks check the examples' inputs (each every N-th, verdicts shared over gloo), so all know
+which are bad before any batch is formed; then the good examples are cut into the one-process run's
+batches and batch k goes to rank k mod N. Every example is thus captured in the same batch, with the
+same padding, as in a one-process capture, with or without --skip-bad (bad ones leave the same gaps,
+and are recorded in OUT in the one-process order). Kill any rank and run the same command again: each
+shard resumes (its commits fall on batch boundaries), the merge resumes (it appends in manifest order,
+so what OUT holds is always a prefix; batches are cut from every good example whether merged or not),
+and the shards are deleted once OUT holds everything.
+
+Launchers: anything that sets RANK / LOCAL_RANK / WORLD_SIZE and MASTER_ADDR / MASTER_PORT
+(torchrun; accelerate launch --multi_gpu, which runs torchrun and works on CPU-only machines too).
+`accelerate launch --cpu --num_processes N` starts N processes only through mpirun (--mpirun_hostfile),
+whose MPI rank variables are not read here: without mpirun it starts one process, which captures alone.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from probe.data.example import Example
-from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.store import TraceStore, TraceStoreWriter
 from probe.store.schema import SKIPPED_ATTR, Layout
 
@@ -55,64 +63,107 @@ def shard_folder(out: str | Path) -> Path:
     return out.with_name(out.name + ".shards")
 
 
-def shares(examples: Sequence[Example], batch_size: int, n: int) -> list[list[Example]]:
-    """Each rank's examples: batch k (of `batch_size`, in order) goes to rank k mod n."""
-    out: list[list[Example]] = [[] for _ in range(n)]
+def shares(examples: Sequence[Example], batch_size: int, n: int, *, batches: bool = False) -> list[list[Any]]:
+    """Each rank's examples (or its batches): batch k (of `batch_size`, in order) goes to rank k mod n."""
+    out: list[list[Any]] = [[] for _ in range(n)]
     for k, start in enumerate(range(0, len(examples), batch_size)):
-        out[k % n].extend(examples[start : start + batch_size])
+        batch = list(examples[start : start + batch_size])
+        if batches:
+            out[k % n].append(batch)
+        else:
+            out[k % n].extend(batch)
     return out
 
 
 def data_parallel_capture(model: Any, examples: Sequence[Example] | str | Path, out: str | Path, spec: Any = None,
-                          *, skip_bad: bool = False, progress: bool = True, device: Any = None,
-                          **kwargs: Any) -> TraceStore:
-    """This process's part of a data-parallel capture; every rank returns the merged store."""
-    from probe.capture.run import _check_target, capture_local
+                          *, lora_adapter: str | Path | None = None, skip_bad: bool = False, progress: bool = True,
+                          examples_per_chunk: int = 64, device: Any = None, device_map: Any = None) -> TraceStore:
+    """This process's part of a data-parallel capture (`capture`'s arguments); every rank returns the merged store."""
+    from probe.capture.run import Loaded, _check_target, capture_local, read_examples
     from probe.capture.spec import CaptureSpec
 
     spec = spec or CaptureSpec()
     me, out = world(), Path(out)
     _check_target(out)  # a path that cannot become a store fails now, not after every rank's capture
-    manifest, bad_lines = "", []
-    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        manifest = str(examples)
-        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
-    done = set(TraceStore.open(out).example_ids) if TraceStore.exists(out) else set()
-    todo = [ex for ex in examples if ex.id not in done]
-    mine = shares(todo, spec.batch_size, me.size)[me.rank]
-    if device is None and kwargs.get("device_map") is None:
+    examples, bad_lines, manifest = read_examples(examples, skip_bad)
+    if device is None and device_map is None:
         import torch
 
         device = f"cuda:{me.local_rank}" if torch.cuda.is_available() else "cpu"
+    loaded = Loaded.of(model, lora_adapter=lora_adapter, device=device, device_map=device_map)
+    done = set(TraceStore.open(out).example_ids) if TraceStore.exists(out) else set()
+    bad = _bad_examples(loaded, [ex for ex in examples if ex.id not in done], me, progress)
+    if bad and not skip_bad:
+        from probe.models.base import BadExampleError
+
+        raise BadExampleError(*bad[0])  # what a one-process capture stops at: the first bad example
+    good = [ex for ex in examples if ex.id not in dict(bad)]
+    # the one-process run's batches, over every good example (captured or not): batch k goes to rank k mod N;
+    # a batch already merged into OUT, or already in this rank's shard, is not captured again
+    mine = [ex for batch in shares(good, spec.batch_size, me.size, batches=True)[me.rank]
+            if not all(ex.id in done for ex in batch) for ex in batch]
     if mine:
         shard = shard_folder(out) / f"w{me.size}r{me.rank}.zarr"
         shard.parent.mkdir(parents=True, exist_ok=True)
-        capture_local(model, mine, shard, spec, skip_bad=skip_bad, progress=progress and me.rank == 0,
-                      device=device, **kwargs)
+        # shard commits fall on batch boundaries, so a resumed shard never captures part of a batch alone
+        per_chunk = -(-examples_per_chunk // spec.batch_size) * spec.batch_size
+        capture_local(loaded, mine, shard, spec, lora_adapter=lora_adapter, progress=progress and me.rank == 0,
+                      examples_per_chunk=per_chunk)
     _barrier()
     if me.rank == 0:
-        merge_shards(out, [ex.id for ex in examples], manifest=manifest, skipped=bad_lines,
-                     progress=progress)
+        merge_shards(out, [ex.id for ex in examples], manifest=manifest, skipped=bad_lines + bad,
+                     progress=progress, examples_per_chunk=examples_per_chunk)
     _barrier()
     return TraceStore.open(out)
 
 
-def _barrier() -> None:
-    """Wait for every rank (gloo, so it works on CPU and beside a user's NCCL group)."""
+def _bad_examples(loaded: Any, examples: Sequence[Example], me: World, progress: bool) -> list[tuple[str, str]]:
+    """(id, reason) of the examples the model cannot be fed, in order: each rank checks every N-th, the ranks share."""
+    from probe.capture.run import check_examples
+
+    checked = check_examples(loaded.adapter, examples[me.rank :: me.size], skip_bad=True,
+                             progress=progress and me.rank == 0)
+    import torch.distributed as dist
+
+    found: list[Any] = [None] * me.size
+    dist.all_gather_object(found, checked.skipped, group=_group())
+    reasons = dict(pair for part in found for pair in part)
+    return [(ex.id, reasons[ex.id]) for ex in examples if ex.id in reasons]
+
+
+_GLOO: Any = None  # the gloo group made beside a non-gloo default group
+
+
+def _group() -> Any:
+    """A gloo process group over every rank (so it works on CPU and beside a user's NCCL group)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-    group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT) if dist.get_backend() != "gloo" else None
-    dist.barrier(group=group)
+    if dist.get_backend() == "gloo":
+        return None
+    global _GLOO
+    if _GLOO is None:
+        _GLOO = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    return _GLOO
+
+
+def _barrier() -> None:
+    """Wait for every rank."""
+    import torch.distributed as dist
+
+    dist.barrier(group=_group())
 
 
 def merge_shards(out: str | Path, order: Sequence[str], *, manifest: str = "",
-                 skipped: Sequence[tuple[str, str]] = (), progress: bool = True) -> TraceStore:
+                 skipped: Sequence[tuple[str, str]] = (), progress: bool = True,
+                 examples_per_chunk: int | None = None) -> TraceStore:
     """Append the shard stores' examples to `out` in `order` (ids), through its writer; resumable; then drop the shards.
 
     Dims that grow with the examples (position, visual rows) take the largest any shard has; shorter
-    shards are padded with each variable's fill, as a one-process capture pads.
+    shards are padded with each variable's fill, as a one-process capture pads. `skipped` (id or
+    manifest line, reason) are recorded in the order given, then any a shard recorded; `examples_per_chunk`
+    of a new `out` defaults to the shards'.
     """
     from probe.progress import progress_bar
 
@@ -135,7 +186,7 @@ def merge_shards(out: str | Path, order: Sequence[str], *, manifest: str = "",
         lay = _merged_layout([s.layout for s in shards])
         writer = TraceStoreWriter.create(out, variables=lay.variables, coords=lay.coords, sizes=lay.sizes,
                                          example_coords=lay.example_coords, attrs=attrs,
-                                         examples_per_chunk=lay.examples_per_chunk,
+                                         examples_per_chunk=examples_per_chunk or lay.examples_per_chunk,
                                          max_chunk_bytes=lay.max_chunk_bytes)
     try:
         have = writer.done_ids()
@@ -149,11 +200,12 @@ def merge_shards(out: str | Path, order: Sequence[str], *, manifest: str = "",
             writer.append(ids, coords, data)
             bar.update(len(ids))
         bar.close()
-        shard_skips = {d["example"]: d["reason"] for s in shards for d in s.skipped}
-        reasons = dict(skipped) | shard_skips
-        for ex_id in [i for i in order if i in reasons] + [i for i in reasons if i not in set(order)]:
-            if ex_id not in where:
-                writer.record_skipped(ex_id, reasons[ex_id])
+        shard_skips = [(d["example"], d["reason"]) for s in shards for d in s.skipped]
+        recorded: set[str] = set()  # (again in full on a resumed merge: re-recording keeps this order)
+        for ex_id, reason in list(skipped) + shard_skips:
+            if ex_id not in where and ex_id not in recorded:
+                writer.record_skipped(ex_id, reason)
+                recorded.add(ex_id)
     except BaseException:
         writer.abandon()
         raise

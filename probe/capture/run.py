@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec
 
 import numpy as np
 import torch
@@ -112,38 +114,51 @@ def _variables(cap: Capture) -> dict[str, VariableSpec]:
     }
 
 
-def capture(
-    model: ModelAdapter | str | Path,
-    examples: Sequence[Example] | str | Path,
-    out: str | Path,
-    spec: CaptureSpec | None = None,
-    *,
-    lora_adapter: str | Path | None = None,
-    skip_bad: bool = False,
-    progress: bool = True,
-    examples_per_chunk: int = 64,
-    device: str | torch.device | None = None,
-    device_map: str | dict | None = None,
-) -> TraceStore:
-    """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
+_P = ParamSpec("_P")
 
-    Resumable: run the same call again after an interruption and only missing examples are captured
-    (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
-    and spec, whatever path the model is given by. Under torchrun / accelerate launch (WORLD_SIZE > 1)
-    each process captures its share and the shards are merged (`probe.capture.distributed`).
-    `device` / `device_map` go to `load_model` when the model is given by path.
-    """
-    from probe.capture.distributed import data_parallel_capture, world
 
-    kwargs = dict(lora_adapter=lora_adapter, skip_bad=skip_bad, progress=progress,
-                  examples_per_chunk=examples_per_chunk, device=device, device_map=device_map)
-    if world().size > 1:
-        return data_parallel_capture(model, examples, out, spec, **kwargs)
-    return capture_local(model, examples, out, spec, **kwargs)
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready to capture from, with what the store records about it."""
+
+    adapter: ModelAdapter
+    model_id: str
+    digest: str  # weights hash
+
+    @classmethod
+    def of(cls, model: "ModelAdapter | str | Path | Loaded", *, lora_adapter: str | Path | None = None,
+           device: str | torch.device | None = None, device_map: str | dict | None = None) -> "Loaded":
+        """An adapter as given, or the model loaded from a folder / hub id (with `device` / `device_map`)."""
+        if isinstance(model, Loaded):
+            return model
+        if isinstance(model, ModelAdapter):
+            model_id = getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__
+            loaded = cls(model, model_id, weights_hash(model.model))
+        else:
+            from probe.models.loading import load_model
+
+            adapter = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None,
+                                 device=device or "cpu", device_map=device_map)
+            digest = checkpoint_weights_hash(adapter.model, [model] + ([lora_adapter] if lora_adapter else []))
+            loaded = cls(adapter, str(model), digest)
+        loaded.adapter.model.eval()
+        return loaded
+
+
+def _launched(local: Callable[_P, TraceStore]) -> Callable[_P, TraceStore]:
+    """`local` when this process runs alone, the data-parallel capture under torchrun / accelerate launch."""
+
+    @functools.wraps(local)
+    def capture(*args: _P.args, **kwargs: _P.kwargs) -> TraceStore:
+        from probe.capture.distributed import data_parallel_capture, world
+
+        return (data_parallel_capture if world().size > 1 else local)(*args, **kwargs)
+
+    return capture
 
 
 def capture_local(
-    model: ModelAdapter | str | Path,
+    model: ModelAdapter | str | Path | Loaded,
     examples: Sequence[Example] | str | Path,
     out: str | Path,
     spec: CaptureSpec | None = None,
@@ -159,27 +174,13 @@ def capture_local(
     spec = spec or CaptureSpec()
     out = Path(out)
     resuming = _check_target(out)  # before loading anything
-    manifest = ""
-    bad_lines: list[tuple[str, str]] = []  # with skip_bad, bad manifest lines are recorded like bad images
-    if not isinstance(examples, Sequence) or isinstance(examples, (str, Path)):
-        manifest = str(examples)
-        examples, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
-    if isinstance(model, ModelAdapter):
-        adapter, model_id = model, getattr(model.model.config, "_name_or_path", "") or type(model.model).__name__
-        digest = weights_hash(adapter.model)
-    else:
-        from probe.models.loading import load_model
-
-        adapter = load_model(str(model), lora_adapter=str(lora_adapter) if lora_adapter else None,
-                             device=device or "cpu", device_map=device_map)
-        model_id = str(model)
-        digest = checkpoint_weights_hash(adapter.model, [model] + ([lora_adapter] if lora_adapter else []))
-    adapter.model.eval()
-    cap = Capture(adapter, spec)
+    examples, bad_lines, manifest = read_examples(examples, skip_bad)
+    loaded = Loaded.of(model, lora_adapter=lora_adapter, device=device, device_map=device_map)
+    cap = Capture(loaded.adapter, spec)
     attrs = provenance_attrs(
-        model_id=model_id,
-        weights_hash=digest,
-        adapter=adapter.name,
+        model_id=loaded.model_id,
+        weights_hash=loaded.digest,
+        adapter=loaded.adapter.name,
         lora_adapter=str(lora_adapter or ""),
         capture_spec=spec.to_json(),
         manifest=manifest,
@@ -194,8 +195,29 @@ def capture_local(
             writer.abandon()
         raise
     if spec.vocab and VOCAB_GROUP not in store.groups():
-        write_vocab(adapter, out, spec.dtype)
+        write_vocab(loaded.adapter, out, spec.dtype)
     return store
+
+
+capture = _launched(capture_local)
+capture.__name__ = capture.__qualname__ = "capture"
+capture.__doc__ = """Capture `examples` (a list or a JSONL manifest) from `model` (an adapter, a folder or a hub id) into a store.
+
+    Resumable: run the same call again after an interruption and only missing examples are captured
+    (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
+    and spec, whatever path the model is given by. Under torchrun / accelerate launch (WORLD_SIZE > 1)
+    each process captures its share and the shards are merged (`probe.capture.distributed`).
+    `device` / `device_map` go to `load_model` when the model is given by path. Signature: `capture_local`'s.
+    """
+
+
+def read_examples(examples: Sequence[Example] | str | Path, skip_bad: bool
+                  ) -> tuple[list[Example], list[tuple[str, str]], str]:
+    """(examples, bad manifest lines, manifest path or ""): a manifest path is read, bad lines left out under skip_bad."""
+    if isinstance(examples, Sequence) and not isinstance(examples, (str, Path)):
+        return list(examples), [], ""
+    found, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
+    return found, bad_lines, str(examples)
 
 
 def _check_target(out: Path) -> bool:

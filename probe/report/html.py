@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores, save_results
+from probe.analysis.saved import COMPARE
 from probe.analysis import registry
 from probe.analysis.registry import resolve
 from probe.report import summary as S
@@ -106,7 +107,8 @@ def compare(
 
     Incomparable stores raise IncomparableStoresError (one line, nothing written) unless
     `intersect`, which compares on their explicit intersection and says so at the top.
-    `save_to`: a TraceStore that receives every result as group `compare/<name>` with the config.
+    `save_to`: a TraceStore that receives every result as group `compare/<name>` with the config and the
+    fingerprints of both stores (read back by `probe.report.verdict.saved_verdict`, e.g. by the dashboard).
     """
     res = compare_stores(before, after, config, intersect_=intersect)
     page = _Page("visblind: before vs after")
@@ -124,7 +126,8 @@ def compare(
     header = f"<p>before: {_html.escape(summary['before'])}<br>after: {_html.escape(summary['after'])}<br>created {summary['created']}<br>"
     header += _html.escape(_resampling_note(res)) + "</p>"
     if save_to is not None:
-        summary["saved_groups"] = save_results(save_to, res, config, prefix="compare")
+        summary["saved_groups"] = save_results(save_to, res, config, prefix=COMPARE, sources={"before": before, "after": after},
+                                               headline=summary["verdict"])
     if res["intersection"]:
         header = ("<p class='warn'><b>Compared on the explicit intersection of two stores that differ:</b> "
                   + "; ".join(_html.escape(n) for n in res["intersection"]) + "</p>" + header)

@@ -154,3 +154,20 @@ def verdict(res: dict[str, Any], config: Any) -> list[str]:
         if fn is not None and analysis.pair is not None:
             lines += fn(res.get(analysis.name), config)
     return lines
+
+
+def saved_verdict(before: Any, after: Any, recompute: bool = False) -> list[str]:
+    """The verdict of the comparison `probe compare BEFORE AFTER --save` wrote into AFTER (the lines it printed, kept
+    with its results; `recompute`: drawn again from the saved result groups); SavedResultsError (one line) when none
+    was saved for this pair as it is now."""
+    import json
+
+    from probe.analysis.saved import COMPARE, load_results, saved_index
+
+    if not recompute:
+        index = saved_index(after, COMPARE, {"before": before, "after": after})
+        if "verdict" in index.attrs:
+            return json.loads(index.attrs["verdict"])
+    names = {a.name for a in registry.ANALYSES if a.verdict is not None and a.pair is not None}
+    res, config = load_results(after, COMPARE, {"before": before, "after": after}, names)
+    return verdict(res, config)

@@ -128,7 +128,8 @@ class TraceStore:
             ds = xr.open_zarr(view, consolidated=False, chunks={}, zarr_format=3)
         # Per-example labels are small and used for grouping/selection: hold them in memory.
         labels = [c for c in ds.coords if c not in ds.dims and ds[c].dims == ("example",)]
-        return ds.assign_coords({c: ds[c].compute() for c in labels})
+        loaded = ds.reset_coords(labels)[labels].compute()  # one dask pass for all of them
+        return ds.assign_coords({c: loaded[c] for c in labels})
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +53,11 @@ def layout(family: str, grid: int = 2) -> dict[str, np.ndarray]:
 
 def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0, visual_scale: float = 1.0,
                 keys: bool = True, pattern: bool = True, examples_per_chunk: int = 64, eval_group: bool = True,
-                image_coord: str | None = None, extra_position: int = 0, grid: int = 2) -> Path:
-    """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``."""
+                image_coord: str | None = None, extra_position: int = 0, grid: int = 2, group_size: int = 0,
+                prompt: tuple[str, ...] | None = None) -> Path:
+    """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``.
+    ``group_size`` > 0: a `group` coordinate (the image) shared by that many consecutive examples; ``prompt``: the
+    token strings around the image (default PROMPT)."""
     rng = np.random.default_rng(seed)
     lay = layout(family, grid)
     n_vis = len(lay["tile"])
@@ -87,6 +92,8 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
     ecoords = {"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool", "label_colour": "str"}
     if image_coord is not None:
         ecoords["image"] = "str"
+    if group_size:
+        ecoords["group"] = "str"
     w = TraceStoreWriter(path, variables=variables, coords=coords,
                          sizes={"vtoken": n_vis, "corner": 4, "hw": 2, "d_head": D_HEAD, "feature": FEATURE},
                          example_coords=ecoords, attrs={"model_id": f"synthetic-{family}-{seed}"},
@@ -111,7 +118,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
             "query_position": np.tile(np.array([seq - ANSWER - 1, seq - ANSWER], np.int32), (k, 1)),
             "n_vtoken": np.full(k, n_vis, np.int32),
             "input_ids": np.tile(np.where(seg == Segment.PAD, -1, 100 + np.arange(n_pos)), (k, 1)),
-            "token": np.tile(np.array(tokens(seg), dtype=object), (k, 1)),
+            "token": np.tile(np.array(tokens(seg, prompt or PROMPT), dtype=object), (k, 1)),
             "attn_share": share,
             "visual_tile": np.tile(lay["tile"], (k, 1)), "visual_row": np.tile(lay["row"], (k, 1)),
             "visual_col": np.tile(lay["col"], (k, 1)),
@@ -128,6 +135,8 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
                      "image_dependent": [True] * k, "label_colour": list(colour)}
         if image_coord is not None:
             ex_coords["image"] = [image_coord] * k
+        if group_size:
+            ex_coords["group"] = [f"img{i // group_size}" for i in idx]
         w.append(ids, ex_coords, data)
     w.close()
     if eval_group:
@@ -138,9 +147,9 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
 PROMPT = ("USER", ":", " What", " colour", " is", " the", " disc", "?", " ASSIST", "ANT", ":", " red", "\n")
 
 
-def tokens(seg: np.ndarray) -> list[str]:
+def tokens(seg: np.ndarray, prompt: tuple[str, ...] = PROMPT) -> list[str]:
     """Token strings per position: prompt words around the image, `<image>` on visual positions, "" on pads."""
-    words = iter(PROMPT * 4)
+    words = iter(prompt * 4)
     return ["<image>" if s == Segment.VISUAL else "" if s == Segment.PAD else next(words) for s in seg]
 
 
@@ -199,3 +208,12 @@ def write_results(path: Path) -> xr.Dataset:
                     coords={"intervention": ["visual_boost", "attn_redistribution"], "strength": strengths, "lang": ["en", "ko"]})
     ds.to_zarr(path, mode="w", consolidated=False)
     return ds
+
+
+def plotly_array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or {"dtype", "bdata" (base64), "shape"} as plotly 6 writes numpy arrays."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(x) for x in shape.split(",")] if isinstance(shape, str) else shape) if shape else flat
+    return np.asarray(value, dtype=float)

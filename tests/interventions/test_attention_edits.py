@@ -189,6 +189,7 @@ def test_var_detects_sinks_on_the_fly(pair, batch, logits):
     lambda a: Temperature(a, scale=1.0),
     lambda a: Knockout(a, layers=()),
     lambda a: VAR(a, p=0.0, sink_dims=(0,)),
+    lambda a: VAR(a, p=0.6, sink_dims=()),  # no sink dimensions found (find_sink_dims empty): nothing to move
 ])
 def test_noop_settings_are_bit_identical(pair, batch, logits, make):
     adapter = pair[0]

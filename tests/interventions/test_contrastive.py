@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +72,26 @@ def test_noop_is_bit_identical_and_cutoff_only_needs_no_second_pass(pair, batch,
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+def test_cutoff_ranking_has_no_nan(pair, examples):
+    # a strict cut-off (beta 0.9) leaves -inf on most tokens; ranking gave NaN for every candidate (argmax then took
+    # the first) before answer_logprob's fix. Oracle: the cut scores summed by hand over the answer tokens.
+    from interventions import rank_answers
+    from interventions.contrastive import contrast_scores
+
+    adapter = pair[0]
+    choices = [sorted({e.answer for e in examples})] * len(examples)
+    _, scores = rank_answers(adapter, examples, choices, ContrastiveDecoding(adapter, alpha=0.0, beta=0.9), batch_size=3)
+    assert not np.isnan(np.concatenate(scores)).any()
+    expected = []
+    for answer in choices[0]:
+        b = adapter.build_inputs([replace(examples[0], answer=answer)], padding_side="right")
+        with torch.no_grad():
+            cut = torch.log_softmax(contrast_scores(adapter.model(**b.inputs).logits, None, 0.0, 0.9).double(), -1)
+        pos = (b.labels[0, 1:] != -100).nonzero().flatten()
+        expected.append(sum(float(cut[0, p, b.labels[0, p + 1]]) for p in pos))
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
 
 
 def test_boost_paused_in_the_contrast_pass(pair, batch, logits):

@@ -67,6 +67,18 @@ def test_answer_logprob_is_the_hand_sum():
     torch.testing.assert_close(answer_logprob(logits, labels)[0], expected)
 
 
+def test_answer_logprob_ignores_cut_scores_off_the_answer():
+    # contrastive decoding's plausibility cut-off leaves -inf scores; off the answer (and at the -100 labels'
+    # placeholder token) they must not turn the sum into NaN (-inf * 0)
+    logits = torch.randn(1, 4, 5, dtype=torch.float64)
+    logits[0, 0, 0] = float("-inf")  # position 0 predicts no answer token; token 0 is where -100 is gathered
+    labels = torch.tensor([[-100, -100, 2, 4]])
+    lp = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(answer_logprob(logits, labels)[0], lp[0, 1, 2] + lp[0, 2, 4])
+    logits[0, 1, 2] = float("-inf")  # the answer token itself cut: the answer is impossible
+    assert answer_logprob(logits, labels)[0] == float("-inf")
+
+
 def test_layout_mismatch_and_bad_segment(pair, examples):
     adapter = pair[0]
     with pytest.raises(ValueError, match="segment"):

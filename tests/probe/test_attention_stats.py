@@ -325,3 +325,55 @@ def test_adapter_inputs_match_eager_every_family(tiny_models, family, padding):
                                    atol=ATOL, rtol=RTOL, equal_nan=True)
         torch.testing.assert_close(rec.results[layer].rows.double(), oracle_rows(attn, qpos), atol=ATOL, rtol=RTOL,
                                    equal_nan=True)
+
+
+def test_widen_scratch_equals_fresh_widening():
+    """Reused wide buffers hold exactly what a fresh widening builds; under autograd no buffer is reused."""
+    g = torch.Generator().manual_seed(0)
+    segments = torch.tensor([[1, 2, 2, 4, 1, 3], [0, 1, 2, 2, 1, 1]])
+    codes = _attn_math.mass_codes(segments)
+    scratch: dict = {}
+    first = None
+    for _ in range(2):
+        q, k, v = torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g)
+        fresh = _attn_math.widen_for_mass(q, k, v, segments, codes)
+        with torch.no_grad():
+            wide = _attn_math.widen_for_mass(q, k, v, segments, codes, scratch)
+        for got, want in zip(wide, fresh):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+        first = first or [t.data_ptr() for t in wide]
+        assert [t.data_ptr() for t in wide] == first  # the second call wrote into the first call's buffers
+    q.requires_grad_(True)
+    wide = _attn_math.widen_for_mass(q, k, v, segments, codes, scratch)
+    assert wide[0].grad_fn is not None and wide[0].data_ptr() != first[0]
+
+
+def test_recorder_under_autograd_keeps_gradients(tiny_factory, batch_factory):
+    """With the recorder on every layer, parameter gradients equal those of the plain forward (1e-5)."""
+    tiny = tiny_factory("llava")
+    inputs, segments, qpos = batch_factory(tiny, "left")
+    params = [a.q_proj.weight for a in tiny.decoder_attn] + [a.v_proj.weight for a in tiny.decoder_attn]
+    valid = (segments != Segment.PAD)[..., None]
+
+    def grads(recorder: AttentionRecorder | None):
+        tiny.model.zero_grad()
+        if recorder is None:
+            out = tiny.model(**inputs)
+        else:
+            with recorder:
+                out = tiny.model(**inputs)
+        (out.logits * valid).square().mean().backward()
+        return [p.grad.clone() for p in params]
+
+    rec = AttentionRecorder(tiny.decoder_attn, list(range(len(tiny.decoder_attn))))
+    rec.set_batch(segments, qpos)
+    try:
+        plain, recorded = grads(None), grads(rec)
+    finally:
+        tiny.model.zero_grad(set_to_none=True)
+    for a, b in zip(recorded, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert all(g.abs().sum() > 0 for g in plain)
+    ref, _ = run_recorder(tiny, inputs, segments, qpos)
+    for layer, got in rec.results.items():
+        torch.testing.assert_close(got.share, ref.results[layer].share, atol=1e-6, rtol=1e-6, equal_nan=True)

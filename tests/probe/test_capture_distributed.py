@@ -1,13 +1,15 @@
-"""Data-parallel capture: two gloo CPU processes under torchrun end in the store one process writes.
+"""Data-parallel capture: two gloo CPU processes under torchrun / accelerate launch end in the store one process writes.
 
-Oracle: a one-process capture of the same manifest and spec. Every batch holds the same examples as
-in the one-process run (shares are whole batches), so padding and float rounding are the same and
-the stores must be identical (exact for ints, strings and floats alike).
+Oracle: a one-process capture of the same manifest and spec (with --skip-bad on a manifest holding a
+corrupt image and a bad line, the one-process --skip-bad capture). Every batch holds the same examples
+as in the one-process run (shares are whole batches of the good examples), so padding and float
+rounding are the same and the stores must be identical (exact for ints, strings and floats alike).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,10 +40,30 @@ def case(tiny_llava_dir, make_colour_manifest, tmp_path_factory):
     return manifest, spec, one
 
 
-def _torchrun(model: Path, manifest: Path, spec: Path, out: Path, port: int) -> list[str]:
+def _torchrun(model: Path, manifest: Path, spec: Path, out: Path, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
             "-m", "probe.cli", "capture", str(model), str(manifest), "--spec", str(spec), "--out", str(out),
-            "--chunk", "2"]
+            "--chunk", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def bad_case(tiny_llava_dir, make_colour_manifest, tmp_path_factory):
+    """(manifest with a corrupt image at ex005 and a bad line after ex008, spec file, one-process --skip-bad store).
+
+    With batch size 2 the bad image shifts every later batch by one example, so equality needs the
+    data-parallel run to cut its batches from the good examples only, as one process does.
+    """
+    root = tmp_path_factory.mktemp("dp_bad")
+    manifest = make_colour_manifest(root / "data", N)
+    (root / "data" / "5.png").write_bytes(b"not a png")
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    lines.insert(9, '{"id": "broken", "image": ')
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = root / "spec.json"
+    spec.write_text(SPEC.to_json())
+    one = capture_local(str(tiny_llava_dir), manifest, root / "one.zarr", SPEC, skip_bad=True, progress=False,
+                        examples_per_chunk=2)
+    return manifest, spec, one
 
 
 def _env() -> dict[str, str]:
@@ -49,8 +71,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _assert_same(a: TraceStore, b: TraceStore) -> None:
-    assert a.example_ids == b.example_ids and len(a.example_ids) == N
+def _assert_same(a: TraceStore, b: TraceStore, n: int = N) -> None:
+    assert a.example_ids == b.example_ids and len(a.example_ids) == n
+    assert a.skipped == b.skipped
     xr.testing.assert_identical(a.dataset.drop_attrs(), b.dataset.drop_attrs())
     assert a.layout.to_json() == b.layout.to_json()  # (fill NaN != NaN in the dataclass ==)
     assert a.read_group("vocab").equals(b.read_group("vocab"))
@@ -73,6 +96,57 @@ def test_torchrun_two_processes_equal_one(case, tiny_llava_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same(TraceStore.open(out), one)
     assert not shard_folder(out).exists()  # merged, then dropped
+
+
+def test_accelerate_launch_two_processes_equal_one(case, tiny_llava_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (torchrun underneath, CPU, gloo) ends in the one-process store.
+
+    (`accelerate launch --cpu --num_processes 2` would start one process without mpirun: see probe.capture.distributed.)
+    """
+    pytest.importorskip("accelerate")
+    manifest, spec, one = case
+    out = tmp_path / "acc.zarr"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29514",
+           "-m", "probe.cli", "capture", str(tiny_llava_dir), str(manifest), "--spec", str(spec), "--out", str(out),
+           "--chunk", "2"]
+    # a private HF_HOME: no user accelerate config file can change the launch
+    env = {**_env(), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "wrote 12 examples" in run.stdout and run.stdout.count("wrote") == 1  # rank 0 alone reports
+    _assert_same(TraceStore.open(out), one)
+    assert not shard_folder(out).exists()
+
+
+def test_torchrun_skip_bad_equals_one_process_skip_bad(bad_case, tiny_llava_dir, tmp_path):
+    """--skip-bad: same examples, order, values and skip records as one process; without it, the same first error."""
+    manifest, spec, one = bad_case
+    assert len(one.example_ids) == N - 1 and [d["example"] for d in one.skipped] == [f"{manifest}:10", "ex005"]
+    out = tmp_path / "dp.zarr"
+    run = subprocess.run(_torchrun(tiny_llava_dir, manifest, spec, out, 29515, "--skip-bad"), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_same(TraceStore.open(out), one, N - 1)
+    assert not shard_folder(out).exists()
+
+
+def test_bad_example_without_skip_bad_stops_every_rank(bad_case, tiny_llava_dir, tmp_path):
+    """Without --skip-bad the ranks stop at the first bad example, with one process's message, before capturing."""
+    from probe.data.manifest import read_manifest_skipping
+
+    manifest, spec, _ = bad_case
+    shutil.copytree(manifest.parent, tmp_path / "data")
+    m = tmp_path / "data" / "no_bad_line.jsonl"
+    m.write_text("".join(line + "\n" for line in manifest.read_text(encoding="utf-8").splitlines() if "broken" not in line),
+                 encoding="utf-8")
+    assert len(read_manifest_skipping(m)[0]) == N and not read_manifest_skipping(m)[1]
+    out = tmp_path / "dp.zarr"
+    run = subprocess.run(_torchrun(tiny_llava_dir, m, spec, out, 29516), env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "example 'ex005': corrupt image" in run.stderr
+    assert not shard_folder(out).exists() and not TraceStore.exists(out)
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -117,6 +191,19 @@ def test_rank_killed_mid_run_then_rerun_equals_one(case, tiny_llava_dir, tmp_pat
     _assert_same(TraceStore.open(out), one)
 
 
+def _interrupted(append, at: int):
+    """TraceStoreWriter.append that raises KeyboardInterrupt on its `at`-th call (counted over every writer)."""
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return append(self, *a, **k)
+
+    return failing
+
+
 def test_merge_interrupted_midway_resumes(case, tiny_llava_dir, tmp_path, monkeypatch):
     """A merge that stops after its first append restarts from what OUT holds and ends equal to one process."""
     from probe.capture import distributed
@@ -131,15 +218,7 @@ def test_merge_interrupted_midway_resumes(case, tiny_llava_dir, tmp_path, monkey
         capture_local(str(tiny_llava_dir), part, shard_folder(out) / f"w2r{r}.zarr", SPEC, progress=False,
                       examples_per_chunk=2)
     real = TraceStoreWriter.append
-    calls = []
-
-    def failing(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(TraceStoreWriter, "append", failing)
+    monkeypatch.setattr(TraceStoreWriter, "append", _interrupted(real, 2))
     with pytest.raises(KeyboardInterrupt):
         distributed.merge_shards(out, [ex.id for ex in examples], manifest=str(manifest), progress=False)
     monkeypatch.setattr(TraceStoreWriter, "append", real)
@@ -166,3 +245,40 @@ def test_device_map_reaches_from_pretrained(tiny_llava_dir, monkeypatch):
     assert seen["device_map"] == "cpu"
     assert {p.device.type for p in adapter.model.parameters()} == {"cpu"}
     assert np.isfinite(next(adapter.model.parameters()).detach().numpy()).all()
+
+
+def test_shard_interrupted_mid_chunk_resumes_whole_batches(case, tiny_llava_dir, tmp_path, monkeypatch):
+    """--chunk 3 with batches of 2: a shard stopped after its first commit holds whole batches (its chunk is
+    rounded up to 4), so the rerun captures no batch in part and ends equal to one process with --chunk 3.
+
+    In this process, as the one rank of a world of one (gloo), so the interruption lands deterministically.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    from probe.capture.distributed import data_parallel_capture
+    from probe.store import TraceStoreWriter
+
+    manifest, _, _ = case
+    one = capture_local(str(tiny_llava_dir), manifest, tmp_path / "one.zarr", SPEC, progress=False,
+                        examples_per_chunk=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "dp.zarr"
+    real = TraceStoreWriter.append
+    try:
+        monkeypatch.setattr(TraceStoreWriter, "append", _interrupted(real, 3))
+        with pytest.raises(KeyboardInterrupt):
+            data_parallel_capture(str(tiny_llava_dir), manifest, out, SPEC, progress=False, examples_per_chunk=3)
+        monkeypatch.setattr(TraceStoreWriter, "append", real)
+        assert _committed(shard_folder(out) / "w1r0.zarr") == 4  # two whole batches
+        merged = data_parallel_capture(str(tiny_llava_dir), manifest, out, SPEC, progress=False, examples_per_chunk=3)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _assert_same(merged, one)
