@@ -14,7 +14,7 @@ from probe.data.example import Example
 from probe.models.registry import adapter_for
 from probe.models.tiny import tiny_llava
 from train.sft import SFTConfig, StopTraining, sft
-from train.sft.state import load_state, save_state
+from train.sft.state import load_state, restore_trainable, save_state, save_trainable
 
 MARKER = Path("/tmp/visblind-pickle-payload-ran")
 
@@ -46,6 +46,19 @@ def test_state_round_trips_keys_tuples_and_tensors(tmp_path):
     for k, v in state["optimizer"]["state"][0].items():
         torch.testing.assert_close(back["optimizer"]["state"][0][k], v, rtol=0, atol=0)
     assert back["scheduler"] == state["scheduler"]
+
+
+def test_restore_trainable_copies_exactly_the_saved_names(tmp_path):
+    saved = {"a.weight": torch.nn.Parameter(torch.arange(6.0).reshape(2, 3)), "b": torch.nn.Parameter(torch.tensor([7.0]))}
+    save_trainable(saved, tmp_path)
+    fresh = {n: torch.nn.Parameter(torch.zeros_like(p)) for n, p in saved.items()}
+    restore_trainable(fresh, tmp_path)
+    for n in saved:
+        assert torch.equal(fresh[n], saved[n])
+    with pytest.raises(ValueError, match=r"missing \['c'\]"):  # a run that trains more than was saved
+        restore_trainable({**fresh, "c": torch.nn.Parameter(torch.zeros(1))}, tmp_path)
+    with pytest.raises(ValueError, match=r"unexpected \['b'\]"):  # a run that trains less (another freeze)
+        restore_trainable({"a.weight": fresh["a.weight"]}, tmp_path)
 
 
 def test_resume_never_unpickles_a_crafted_checkpoint(tmp_path):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from probe.data.example import Example
 from probe.data.manifest import read_manifest
@@ -29,10 +29,9 @@ from train.mitigate.losses import (
 from train.mitigate.plot import write_steps_figure
 from train.sft.freeze import apply_freeze
 from train.sft.loop import StopTraining, batch_indices
-from train.sft.state import has_state, load_state, save_state
+from train.sft.state import has_state, load_state, restore_trainable, save_state, save_trainable
 
 LOG = "steps.jsonl"
-TRAINABLE = "trainable.safetensors"
 HEAD = "align_head."
 
 
@@ -449,7 +448,7 @@ def _save(folder: Path, step: int, tr: _Trainer, opt: torch.optim.Optimizer, kee
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous().cpu() for n, p in tr.trainable().items()}, tmp / TRAINABLE)
+    save_trainable(tr.trainable(), tmp)
     anchors = {"v0": tr.v0, "w0": tr.w0} if tr.v0 is not None else {}
     save_state({"step": step, "optimizer": opt.state_dict(), **anchors}, tmp)
     shutil.rmtree(path, ignore_errors=True)
@@ -459,13 +458,7 @@ def _save(folder: Path, step: int, tr: _Trainer, opt: torch.optim.Optimizer, kee
 
 
 def _load(path: Path, tr: _Trainer, opt: torch.optim.Optimizer) -> int:
-    tensors = load_file(path / TRAINABLE)
-    params = tr.trainable()
-    if set(params) != set(tensors):
-        raise ValueError(f"checkpoint {path}: trainable parameters differ from the recipe's (another freeze/LoRA?)")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[n].to(p.device, p.dtype))
+    restore_trainable(tr.trainable(), path)
     state = load_state(path)
     opt.load_state_dict(state["optimizer"])
     if tr.anchors is not None:

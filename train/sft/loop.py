@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
@@ -19,10 +18,9 @@ from probe.models.loading import save_processor
 from probe.progress import progress_bar
 from train.sft.config import SFTConfig
 from train.sft.freeze import apply_freeze, lora_target_modules
-from train.sft.state import has_state, load_state, save_state
+from train.sft.state import has_state, load_state, restore_trainable, save_state, save_trainable
 
 CHECKPOINTS = "checkpoints"
-TRAINABLE = "trainable.safetensors"
 LEGACY_STATE = "trainer_state.pt"  # pickled: never loaded (unpickling a crafted file runs code)
 
 
@@ -93,7 +91,7 @@ def _save_checkpoint(out_dir: Path, step: int, model, processor, opt, sched, con
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _save_model(model, processor, tmp)
-    save_file({n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}, tmp / TRAINABLE)
+    save_trainable(_trainable(model), tmp)
     save_state({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "config": asdict(config)}, tmp)
     shutil.rmtree(path, ignore_errors=True)
@@ -103,14 +101,7 @@ def _save_checkpoint(out_dir: Path, step: int, model, processor, opt, sched, con
 
 
 def _load_checkpoint(path: Path, model, opt, sched) -> int:
-    tensors = load_file(path / TRAINABLE)
-    params = _trainable(model)
-    missing = set(params) - set(tensors)
-    if missing:
-        raise ValueError(f"checkpoint {path}: no weights for trainable {sorted(missing)[:3]} (different freeze/LoRA?)")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[n].to(p.device, p.dtype))
+    restore_trainable(_trainable(model), path)
     state = load_state(path)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

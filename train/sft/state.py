@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
+TRAINABLE = "trainable.safetensors"
 
 
 def save_state(state: Any, folder: str | Path) -> None:
@@ -27,6 +28,24 @@ def load_state(folder: str | Path) -> Any:
     folder = Path(folder)
     tensors = load_file(folder / STATE_TENSORS)
     return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
+
+
+def save_trainable(params: dict[str, torch.nn.Parameter], folder: str | Path) -> None:
+    """Write the trainable tensors (by qualified name) of a checkpoint to `folder`."""
+    save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, Path(folder) / TRAINABLE)
+
+
+def restore_trainable(params: dict[str, torch.nn.Parameter], folder: str | Path) -> None:
+    """Copy a checkpoint's trainable tensors into `params`; raise if its names are not exactly theirs."""
+    folder = Path(folder)
+    tensors = load_file(folder / TRAINABLE)
+    missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or extra:
+        raise ValueError(f"checkpoint {folder}: trainable parameters differ from this run's (another freeze/LoRA?): "
+                         f"missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n].to(p.device, p.dtype))
 
 
 def has_state(folder: str | Path) -> bool:
