@@ -49,6 +49,11 @@ class ExampleRecord:
         return self.pattern.mean(0) if head is None else self.pattern[head]
 
 
+def shown_token(tok: str) -> str:
+    """A token as displayed: newlines as ⏎ (a bare newline would show as an empty cell)."""
+    return tok.replace("\n", "⏎")
+
+
 def _tokens(ds, i: int, n: int) -> list[str]:
     if "token" in ds:
         return [str(t) for t in to_str(ds["token"].isel(example=i).values)[:n]]
@@ -103,7 +108,7 @@ def token_table(records: dict[str, ExampleRecord], head: int | None) -> pd.DataF
             row = {"position": p, "segment": "visual", "token": f"[image: {len(first.visual_positions)} tokens]"}
             row |= {name: float(r.row(head)[r.visual_positions].sum()) for name, r in records.items()}
         else:
-            row = {"position": p, "segment": Segment(int(s)).label, "token": tok}
+            row = {"position": p, "segment": Segment(int(s)).label, "token": shown_token(tok)}
             row |= {name: float(r.row(head)[p]) if p < r.pattern.shape[1] else np.nan for name, r in records.items()}
         rows.append(row)
     return pd.DataFrame(rows)
@@ -124,7 +129,7 @@ def tokens_html(rec: ExampleRecord, head: int | None) -> str:
             continue
         alpha = min(1.0, max(0.0, row[p] / text_max))
         border = "border:2px solid #000;" if p == rec.query_position else ""
-        shown = html.escape(tok.replace("\n", "⏎")) or "·"
+        shown = html.escape(shown_token(tok)) or "·"
         out.append(f"<span title='{row[p]:.4f}' style='background:rgba(230,80,0,{alpha:.2f});{border}"
                    f"border-radius:3px;padding:0 2px;white-space:pre'>{shown}</span>")
     style, family = font_face("".join(rec.tokens) + "⏎")

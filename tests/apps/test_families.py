@@ -107,8 +107,10 @@ def test_example_view_paints_the_stores_boxes(fam_app, family_root, family):
         vis = np.flatnonzero(seg == Segment.VISUAL)
         np.testing.assert_allclose(table.loc[table["segment"] == "visual", side].iloc[0], row[vis].sum(), rtol=1e-5)
         text = np.flatnonzero((seg != Segment.VISUAL) & (seg > 0))  # -1: past the sequence, 0: padding
-        # one row per text token in order (the table's positions count from the first non-pad token: left padding)
-        np.testing.assert_allclose(table.loc[table["segment"] != "visual", side].to_numpy(), row[text], rtol=1e-5)
+        # one row per text token, at its store position (the store keeps unpadded sequences)
+        got = table.loc[table["segment"] != "visual"].set_index("position")[side]
+        assert got.index.tolist() == text.tolist()
+        np.testing.assert_allclose(got.to_numpy(), row[text], rtol=1e-5)
         # the heat drawn is each visual token's attention summed over its recorded box
         boxes = ds["visual_box"].values[: len(vis)]
         size = tuple(int(v) for v in ds["image_size"].values)

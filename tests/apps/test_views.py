@@ -83,7 +83,9 @@ def test_example_view_token_attention(app, dash_root):
     assert "image: data/img/quad.png" in " ".join(c.value for c in at.caption)
     tokens = [str(t) for t in TraceStore.open(dash_root / "before.zarr").dataset["token"].sel(example="ex7").values]
     shown = table.loc[table["segment"] != "visual", "token"].tolist()
-    assert shown == [t for t, s in zip(tokens, ds["segment_ids"].sel(example="ex7").values) if s not in (Segment.VISUAL, Segment.PAD)]
+    want = [t.replace("\n", "⏎") for t, s in zip(tokens, ds["segment_ids"].sel(example="ex7").values)
+            if s not in (Segment.VISUAL, Segment.PAD)]  # newlines are shown as ⏎
+    assert shown == want
 
 
 def test_keyspace_centroids(app, dash_root):
