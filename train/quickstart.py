@@ -31,9 +31,14 @@ class QuickstartResult:
     seconds: dict[str, float]
 
 
-def evaluate_and_capture(model: str | Path, evals: list, probe_set: list, store: str | Path, *, name: str = "",
+def probe_set(evals: list, n: int) -> list:
+    """The examples the quickstart's report captures: the first `n` image-dependent eval questions."""
+    return [e for e in evals if e.image_dependent][:n]
+
+
+def evaluate_and_capture(model: str | Path, evals: list, probes: list, store: str | Path, *, name: str = "",
                          spec: CaptureSpec = QUICKSTART_SPEC, console=None, progress: bool = True) -> dict[str, float]:
-    """Visual dependence on `evals`, then a capture of `probe_set` into `store` with that evaluation saved inside.
+    """Visual dependence on `evals`, then a capture of `probes` into `store` with that evaluation saved inside.
 
     Every model compared with the quickstart's report goes through this one path (same spec, same probe set).
     Returns the seconds of each part ({"eval", "capture"}).
@@ -46,7 +51,7 @@ def evaluate_and_capture(model: str | Path, evals: list, probe_set: list, store:
         console.print(format_dependence_table(ds, title=f"visual dependence: {name or model}"))
     seconds["eval"] = time.perf_counter() - t
     t = time.perf_counter()
-    capture(adapter, probe_set, store, spec, progress=progress)
+    capture(adapter, probes, store, spec, progress=progress)
     save_dependence(ds, store)
     seconds["capture"] = time.perf_counter() - t
     return seconds
@@ -73,12 +78,12 @@ def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 40
     evals = [e for e in read_manifest(org.manifests["eval_image"]) if e.question_type in keep]
     evals += [e for e in read_manifest(org.manifests["eval_text"]) if e.question_type in keep]
     # the capture set: image-dependent questions of both languages (the ones blindness is about)
-    probe_set = [e for e in evals if e.image_dependent][:capture_examples]
+    probes = probe_set(evals, capture_examples)
     stores: dict[str, Path] = {}
     console = Console()
     for name, path in (("base", org.base), ("ko_ft", org.ko_ft)):
         stores[name] = out / f"{name}.zarr"
-        took = evaluate_and_capture(path, evals, probe_set, stores[name], name=name, console=console, progress=progress)
+        took = evaluate_and_capture(path, evals, probes, stores[name], name=name, console=console, progress=progress)
         seconds.update({f"{k}.{name}": v for k, v in took.items()})
     t = time.perf_counter()
     report, summary = out / "report.html", out / "report.json"

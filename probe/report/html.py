@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import html as _html
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -81,6 +81,16 @@ def _sections(page: _Page, res: dict[str, Any], config: AnalysisConfig, pair: bo
     return readings
 
 
+def _pair_fields(res: dict[str, Any], config: AnalysisConfig) -> dict[str, Any]:
+    """The summary fields of one before/after comparison: verdict lines, eval tables, skipped notes, results."""
+    fields: dict[str, Any] = {"verdict": verdict(res, config)}
+    if isinstance(res.get("eval"), dict):
+        fields["eval"] = {k: S.eval_table(v) for k, v in res["eval"].items()}
+    fields["skipped"] = [str(v) for v in res.values() if isinstance(v, Skipped)]
+    fields["results"] = {k: v for k, v in res.items() if k not in ("eval", "intersection")}
+    return fields
+
+
 def _resampling_note(res: dict[str, Any]) -> str:
     for key in ("collapse", "visual_share", "drift", "probes"):
         r = res.get(key)
@@ -115,14 +125,10 @@ def compare(
     summary: dict[str, Any] = {"before": _describe(before), "after": _describe(after),
                                "created": datetime.now(timezone.utc).isoformat(), "config": config.to_dict(),
                                "intersection": res["intersection"]}
-    summary["verdict"] = verdict(res, config)
+    summary |= _pair_fields(res, config)
     page.section("Summary: which candidate causes moved", None,
                  ["<ul>" + "".join(f"<li>{_html.escape(line)}</li>" for line in summary["verdict"]) + "</ul>"])
     summary["readings"] = _sections(page, res, config, pair=True)
-    if isinstance(res.get("eval"), dict):
-        summary["eval"] = {k: S.eval_table(v) for k, v in res["eval"].items()}
-    summary["skipped"] = [str(v) for v in res.values() if isinstance(v, Skipped)]
-    summary["results"] = {k: v for k, v in res.items() if k not in ("eval", "intersection")}
     header = f"<p>before: {_html.escape(summary['before'])}<br>after: {_html.escape(summary['after'])}<br>created {summary['created']}<br>"
     header += _html.escape(_resampling_note(res)) + "</p>"
     if save_to is not None:
@@ -173,11 +179,7 @@ def compare_side_by_side(
     summary: dict[str, Any] = {"before": _describe(before), "created": datetime.now(timezone.utc).isoformat(),
                                "config": config.to_dict(), "comparisons": {}}
     for n in names:
-        summary["comparisons"][n] = {"after": _describe(afters[n]), "verdict": verdict(res[n], config), "readings": {},
-                                     "skipped": [str(v) for v in res[n].values() if isinstance(v, Skipped)],
-                                     "results": {k: v for k, v in res[n].items() if k not in ("eval", "intersection")}}
-        if isinstance(res[n].get("eval"), dict):
-            summary["comparisons"][n]["eval"] = {k: S.eval_table(v) for k, v in res[n]["eval"].items()}
+        summary["comparisons"][n] = {"after": _describe(afters[n]), "readings": {}} | _pair_fields(res[n], config)
     cell = lambda items: "".join(page.figure(i) if isinstance(i, go.Figure) else str(i) for i in items)  # noqa: E731
     head = "".join(f"<th>{_html.escape(n)}</th>" for n in names)
     rows = max(len(summary["comparisons"][n]["verdict"]) for n in names)

@@ -23,22 +23,22 @@ def judge(models: Mapping[str, str | Path], evals: Sequence[Example], out_dir: s
     projector drift, probes, behaviour — one column per fine-tune. runs: name -> mitigate output folder whose
     main/steps.jsonl is plotted in a last section. A finished capture is reused.
     """
-    from train.quickstart import evaluate_and_capture
+    from train.quickstart import evaluate_and_capture, probe_set
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(models)
     if len(names) < 2:
         raise ValueError(f"judge: need a base and at least one fine-tune, got {names}")
-    probe_set = [e for e in evals if e.image_dependent][:capture_examples]
-    if not probe_set:
+    probes = probe_set(list(evals), capture_examples)
+    if not probes:
         raise ValueError("judge: no image-dependent questions among the eval examples")
     stores = {}
     for name, path in models.items():
         stores[name] = out / f"{name}.zarr"
         marker = out / f"{name}{DONE}"
         if not (marker.is_file() and marker.read_text() == str(path)):
-            evaluate_and_capture(path, list(evals), probe_set, stores[name], name=name, progress=progress)
+            evaluate_and_capture(path, list(evals), probes, stores[name], name=name, progress=progress)
             marker.write_text(str(path))
     extra = []
     if runs:
