@@ -49,6 +49,7 @@ from probe.data.example import Example
 from probe.eval import mismatch_partners
 from probe.eval.predict import normalise
 from probe.models.base import ModelAdapter
+from probe.vocab import RESULT_PREFIX, example_coords, unit_of
 
 IMAGE = "image"  # the input-side ablation entry of a grid
 RESULTS = "results.zarr"
@@ -233,7 +234,8 @@ def _examples(config: GridConfig) -> list[Example]:
     opened = []
     for e in examples:
         try:
-            opened.append(replace(e, image=open_image(e)))
+            # the unit is fixed from the manifest's image path before the image is opened (probe.vocab.unit_of)
+            opened.append(replace(e, image=open_image(e), group=unit_of(e)))
         except OSError as err:  # missing or corrupt image: one line naming the example, before anything is written
             raise ValueError(f"{config.manifest}: example {e.id!r}: cannot open image {e.image}: {err}") from None
     return opened
@@ -261,10 +263,8 @@ def _template(examples: list[Example], conditions: list, config: GridConfig, n_l
         "intervention": ("condition", [c[1] for c in conditions]),
         "params": ("condition", [json.dumps({k: _thaw(v) for k, v in c[2].items()}) for c in conditions]),
         "example": [e.id for e in examples],
-        "example_lang": ("example", [e.lang for e in examples]),
-        "example_question_type": ("example", [e.question_type for e in examples]),
-        "example_image_dependent": ("example", [bool(e.image_dependent) for e in examples]),
-        "example_group": ("example", [str(getattr(e, "group", None) or _image_key(e)) for e in examples]),
+        **{k: ("example", v) for k, v in example_coords(examples, prefix=RESULT_PREFIX).items()
+           if not k.endswith("condition")},  # the shared per-example fields (probe.vocab); `condition` is this dim
     }
     if config.attention:
         coords["layer"] = np.arange(n_layers)
@@ -272,12 +272,6 @@ def _template(examples: list[Example], conditions: list, config: GridConfig, n_l
     for name in ("condition", "intervention", "params", "example", "example_lang", "example_question_type", "example_group"):
         ds[name] = ds[name].astype(str).astype(object)
     return ds
-
-
-def _image_key(ex: Example) -> str:
-    import hashlib
-
-    return hashlib.sha1(open_image(ex).tobytes()).hexdigest()[:16]
 
 
 def _evaluate(model, donor, name, params, examples, partners, sl, config, cache) -> dict[str, np.ndarray]:

@@ -9,8 +9,7 @@ import xarray as xr
 
 from probe.analysis._io import as_dataset, require, to_str
 from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change, groups_of
-
-SOURCES = ("last_prompt", "answer", "text")
+from probe.vocab import QUERY_SOURCES as SOURCES  # noqa: F401  (one definition: probe.vocab)
 
 
 def visual_share(ds: xr.Dataset, segment: str = "visual") -> xr.DataArray:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from probe.segments import Segment, last_prompt_index
+from probe.vocab import QUERY_SOURCES
 
 N_SEGMENTS = len(Segment)
-N_SOURCES = 3  # last_prompt, answer, text
+N_SOURCES = len(QUERY_SOURCES)  # last_prompt, answer, text: their meaning is probe.vocab.position_mask
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from probe.capture.reduce import gather_positions, pool_segments
+from probe.vocab import tl_hook as _tl  # TransformerLens names: one table (probe.vocab.SITES)
 
 if TYPE_CHECKING:
     from probe.capture.session import BatchView
@@ -182,33 +183,33 @@ register(Recordable(
 
 register(Recordable(
     "attn_share", ATTENTION, ("layer", "head", "source", "segment"), "float32", np.nan, lambda s: s.attn_share,
-    _attention("share", None), site="lm.layer.{i}.attn", tl_hook="blocks.{layer}.attn.hook_pattern",
+    _attention("share", None), site="lm.layer.{i}.attn", tl_hook=_tl("lm.layer.{i}.attn.pattern"),
     reduction="mean over a source's queries of the attention mass per key segment"))
 register(Recordable(
     "attn_pattern", ATTENTION, ("layer", "head", "query", "position"), "float32", np.nan, lambda s: s.attn_pattern,
-    _attention("rows", -1), site="lm.layer.{i}.attn", tl_hook="blocks.{layer}.attn.hook_pattern",
+    _attention("rows", -1), site="lm.layer.{i}.attn", tl_hook=_tl("lm.layer.{i}.attn.pattern"),
     reduction="attention rows of the query slots", grows={"position": "position"}))
 register(Recordable(
     "hook_rot_k", ATTENTION, ("layer", "kv_head", "position", "d_head"), "spec", np.nan, lambda s: s.keys,
-    _attention("keys", 1), site="lm.layer.{i}.attn", tl_hook="blocks.{layer}.attn.hook_rot_k",
+    _attention("keys", 1), site="lm.layer.{i}.attn", tl_hook=_tl("lm.layer.{i}.attn.k"),
     reduction="keys after RoPE at every position", grows={"position": "position"}))
 register(Recordable(
     "hook_rot_q", ATTENTION, ("layer", "head", "position", "d_head"), "spec", np.nan, lambda s: s.queries,
-    _attention("queries", 1), site="lm.layer.{i}.attn", tl_hook="blocks.{layer}.attn.hook_rot_q",
+    _attention("queries", 1), site="lm.layer.{i}.attn", tl_hook=_tl("lm.layer.{i}.attn.q"),
     reduction="queries after RoPE at every position", grows={"position": "position"}))
 
 register(Recordable(
     "hook_resid_post", MODULE, ("layer", "query", "feature"), "spec", np.nan, lambda s: "query" in s.resid,
-    _saved_layers("hook_resid_post", None), site="lm.layer.{i}.resid", tl_hook="blocks.{layer}.hook_resid_post",
+    _saved_layers("hook_resid_post", None), site="lm.layer.{i}.resid", tl_hook=_tl("lm.layer.{i}.resid"),
     reduce=lambda h, seg, q: gather_positions(h, q), reduction="residual stream at the query slots"))
 register(Recordable(
     "hook_resid_post_pooled", MODULE, ("layer", "segment", "feature"), "spec", np.nan, lambda s: "pooled" in s.resid,
     _saved_layers("hook_resid_post_pooled", None), site="lm.layer.{i}.resid",
-    tl_hook="blocks.{layer}.hook_resid_post", reduce=lambda h, seg, q: pool_segments(h, seg),
+    tl_hook=_tl("lm.layer.{i}.resid"), reduce=lambda h, seg, q: pool_segments(h, seg),
     reduction="residual stream mean per segment"))
 register(Recordable(
     "hook_resid_post_tokens", MODULE, ("layer", "position", "feature"), "spec", np.nan, lambda s: "tokens" in s.resid,
-    _saved_layers("hook_resid_post_tokens", 0), site="lm.layer.{i}.resid", tl_hook="blocks.{layer}.hook_resid_post",
+    _saved_layers("hook_resid_post_tokens", 0), site="lm.layer.{i}.resid", tl_hook=_tl("lm.layer.{i}.resid"),
     reduce=_whole, reduction="residual stream at every position", grows={"position": "position"}))
 
 register(Recordable(

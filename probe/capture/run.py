@@ -24,6 +24,7 @@ from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_
 from probe.segments import SEGMENT_NAMES, Segment
 from probe.store import SCHEMA_VERSION, NotAStoreError, TraceStore, TraceStoreWriter, VariableSpec, check_schema_version
 from probe.store import lock as store_lock
+from probe.vocab import example_coords
 
 TL_SITES = tl_sites()
 
@@ -86,23 +87,10 @@ def _label_names(examples: Sequence[Example]) -> list[str]:
 
 
 def _example_coords(batch: Sequence[Example], labels: list[str]) -> dict[str, list]:
-    coords: dict[str, list] = {
-        "lang": [ex.lang for ex in batch],
-        "condition": [ex.condition for ex in batch],
-        "question_type": [ex.question_type for ex in batch],
-        "image_dependent": [bool(ex.image_dependent) for ex in batch],
-        "group": [_group(ex) for ex in batch],
-    }
+    coords = example_coords(batch)  # the shared fields (probe.vocab), group = the independent unit
     for k in labels:
         coords[f"label_{k}"] = [str(ex.labels.get(k, "")) for ex in batch]
     return coords
-
-
-def _group(ex: Example) -> str:
-    """The independent unit of an example: its manifest `group`, else its image path, else its id."""
-    if ex.group is not None:
-        return str(ex.group)
-    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
 
 
 def _variables(cap: Capture) -> dict[str, VariableSpec]:

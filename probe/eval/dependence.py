@@ -26,6 +26,7 @@ from probe.eval.intervals import cluster_share_ci
 from probe.eval.normalise import answers_match, normalise
 from probe.eval.predict import greedy_answers, rank_choices
 from probe.models.base import ModelAdapter
+from probe.vocab import RESULT_PREFIX, example_coords, image_dependent_of, unit_of  # noqa: F401  (unit_of: public here too)
 
 CONDITIONS: tuple[str, ...] = ("real", "blank", "mismatched")
 KINDS: tuple[str, ...] = ("image", "text")
@@ -52,17 +53,7 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.max_choices must be >= 2, got {self.max_choices}")
 
 
-def unit_of(ex: Example) -> str:
-    """The independent resampling unit: the example's `group` (field or label), else its image path, else its id."""
-    group = getattr(ex, "group", None) or ex.labels.get("group")
-    if group:
-        return str(group)
-    return str(ex.image) if isinstance(ex.image, (str, Path)) else ex.id
-
-
-def _image_dependent(ex: Example) -> bool:
-    """Image-dependent unless the manifest says otherwise (a missing flag counts as dependent; the table says so)."""
-    return ex.image_dependent is not False
+_image_dependent = image_dependent_of  # one rule (probe.vocab): a missing flag counts as dependent; the table says so
 
 
 def _open(ex: Example) -> Image.Image:
@@ -186,11 +177,9 @@ def evaluate_dependence(
         coords={
             "condition": list(CONDITIONS),
             "example": np.array([ex.id for ex in examples], dtype=str),
-            "example_lang": ("example", np.array([ex.lang for ex in examples], dtype=str)),
-            "example_question_type": ("example", np.array([ex.question_type for ex in examples], dtype=str)),
-            "example_image_dependent": ("example", np.array([_image_dependent(ex) for ex in examples])),
+            **{k: ("example", np.array(v, dtype=bool if k.endswith("image_dependent") else str))
+               for k, v in example_coords(examples, prefix=RESULT_PREFIX).items() if not k.endswith("condition")},
             "example_answer": ("example", np.array([ex.answer for ex in examples], dtype=str)),
-            "example_group": ("example", np.array([unit_of(ex) for ex in examples], dtype=str)),
             "example_rule": ("example", np.array([c.rule for c in cands], dtype=str)),
             "example_source": ("example", np.array([c.source for c in cands], dtype=str)),
         },

@@ -51,7 +51,7 @@ def _run_reference(logits, adapter, batch, layers, heads, sources, edit_fn):
         if "answer" in sources:
             r |= set((segs[ex] == Segment.ANSWER).nonzero().flatten().tolist())
         if "text" in sources:
-            r |= set(((segs[ex] == Segment.TEXT) | (segs[ex] == Segment.ANSWER)).nonzero().flatten().tolist())
+            r |= set((segs[ex] == Segment.TEXT).nonzero().flatten().tolist())  # prompt text only (probe.vocab)
         rows.append(sorted(r))
     with attach(adapter.attention_modules, _eager_reference(set(layers), heads, rows, edit_fn)):
         return logits(adapter, batch)
