@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Causal interventions and the experiment runner.")
+from probe.cli_errors import App
 
-
-@app.callback()
-def main() -> None:
-    """Causal interventions on multimodal models."""
+# every command prints one line on an error (a full disk included), a traceback only with --debug / VISBLIND_DEBUG=1
+app = App(root=True, no_args_is_help=True, help="Causal interventions and the experiment runner.")
 
 
 @app.command("run")
@@ -23,12 +21,7 @@ def run_cmd(
     """Run (or resume) a grid of interventions; one row per example and condition in OUT/results.zarr."""
     from interventions.runner import GridConfig, run_grid, summarise
 
-    try:
-        config = GridConfig.from_yaml(grid)
-        ds = run_grid(config, out, progress=not quiet)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+    ds = run_grid(GridConfig.from_yaml(grid), out, progress=not quiet)
     table = summarise(ds)["visual_dependence"].to_pandas()
     typer.echo(f"wrote {ds.sizes['condition']} conditions x {ds.sizes['example']} examples to {out / 'results.zarr'}")
     typer.echo("visual dependence (image-dependent questions):\n" + table.round(3).to_string())

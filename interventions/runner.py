@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -44,16 +45,14 @@ from probe.progress import progress_bar
 
 from interventions.ablation import IMAGE_ABLATIONS, VisualTokenAblation, ablate_examples, open_image, visual_token_mean
 from interventions.base import Intervention, intervention_class, make_intervention
-from interventions.score import rank_answers
+from interventions.score import rank_answers, under
 from probe.data.example import Example
-from probe.eval import mismatch_partners
-from probe.eval.predict import normalise
+from probe.eval import answers_match, mismatch_partners, plan_candidates
 from probe.models.base import ModelAdapter
-from probe.vocab import RESULT_PREFIX, example_coords, unit_of
+from probe.results import RUN_CONFIG as CONFIG, RUN_RESULTS as RESULTS, RUN_VARIABLES as VARIABLES, RunWriter, read_run, run_summary
+from probe.vocab import QUERY_SOURCES, RESULT_PREFIX, example_coords, unit_of
 
 IMAGE = "image"  # the input-side ablation entry of a grid
-RESULTS = "results.zarr"
-CONFIG = "grid.json"
 
 
 @dataclass(frozen=True)
@@ -178,47 +177,67 @@ def run_grid(
     """
     config = grid if isinstance(grid, GridConfig) else GridConfig.from_yaml(grid)
     out = Path(out)
-    saved = out / CONFIG
-    if saved.exists():
-        before = json.loads(saved.read_text(encoding="utf-8"))
-        if before != config.to_json():
-            raise ValueError(f"{out}: holds a run of another grid ({saved}); choose a new --out or the same grid")
-    examples = _examples(config)
-    out.mkdir(parents=True, exist_ok=True)
-    if not saved.exists():
-        saved.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
-    conditions = config.conditions()
-    model, donor = adapters if adapters is not None else _load(config)
-    store = out / RESULTS
-    if not store.exists():  # written aside, then renamed: a kill while creating it leaves no half-made store
-        chunks = {"chunks": (1, config.chunk_examples)}  # one zarr chunk per (condition, example chunk) written
-        tmp = out / (RESULTS + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+    _check_saved_grid(out, config)  # a folder of another grid: refused before anything is locked or written
+    created = not out.exists()
+    writer = RunWriter(out).lock()  # one writer per run folder: a second is refused here, before any work
+    try:
+        try:
+            examples = _examples(config)
+        except BaseException:
+            if created:  # nothing of ours is worth keeping: leave no empty folder behind
+                writer.release()
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        _check_saved_grid(out, config)  # again under the lock: another writer may have started it meanwhile
+        _save_grid(out, config)
+        conditions = config.conditions()
+        model, donor = adapters if adapters is not None else _load(config)
         template = _template(examples, conditions, config, model.num_layers)
+        chunks = {"chunks": (1, config.chunk_examples)}  # one zarr chunk per (condition, example chunk) written
         encoding = {v: chunks for v in (*VARIABLES, "done")}
         if config.attention:
             encoding["visual_attention"] = {"chunks": (1, config.chunk_examples, model.num_layers)}
-        template.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
-        tmp.rename(store)
-    done = xr.open_zarr(store, consolidated=False)["done"].values.copy()
-    partners = mismatch_partners(examples, 0)
-    chunks = [slice(s, min(s + config.chunk_examples, len(examples))) for s in range(0, len(examples), config.chunk_examples)]
-    todo = [(c, sl) for c in range(len(conditions)) for sl in chunks if not done[c, sl].all()]
-    cache: dict[str, Any] = {}
-    bar = progress_bar(total=len(conditions) * len(chunks), initial=len(conditions) * len(chunks) - len(todo), desc="grid",
-               disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    for i, (c, sl) in enumerate(todo):
-        label, name, params = conditions[c]
-        values = _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
-        region = xr.Dataset({k: (("condition", "example", "layer")[: v.ndim + 1], v[None]) for k, v in values.items()})
-        region.to_zarr(store, region={"condition": slice(c, c + 1), "example": sl}, consolidated=False)
-        marker = xr.Dataset({"done": (("condition", "example"), np.ones((1, sl.stop - sl.start), dtype=bool))})
-        marker.to_zarr(store, region={"condition": slice(c, c + 1), "example": sl}, consolidated=False)
-        bar.update()
-        if after_chunk is not None:
-            after_chunk(i)
-    bar.close()
-    return xr.open_zarr(store, consolidated=False).load()
+        done = writer.prepare(template, encoding)
+        plans = plan_candidates(examples)  # candidates from the user's data, planned over the whole manifest (as probe eval)
+        partners = mismatch_partners(examples, 0, plans)  # as probe eval pairs them: the partner's answer is a candidate
+        spans = [slice(s, min(s + config.chunk_examples, len(examples)))
+                 for s in range(0, len(examples), config.chunk_examples)]
+        todo = [(c, sl) for c in range(len(conditions)) for sl in spans if not done[c, sl].all()]
+        cache: dict[str, Any] = {"plans": plans}
+        bar = progress_bar(total=len(conditions) * len(spans), initial=len(conditions) * len(spans) - len(todo),
+                           desc="grid", disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        for i, (c, sl) in enumerate(todo):
+            label, name, params = conditions[c]
+            writer.write(c, sl, _evaluate(model, donor, name, params, examples, partners, sl, config, cache))
+            bar.update()
+            if after_chunk is not None:
+                after_chunk(i)
+        bar.close()
+        return read_run(out)
+    finally:
+        writer.release()
+
+
+def _check_saved_grid(out: Path, config: GridConfig) -> None:
+    """Refuse (one line) a folder that holds a run of another grid, or a grid file that cannot be read."""
+    saved = out / CONFIG
+    if not saved.exists():
+        return
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        if (out / RESULTS).exists():
+            raise ValueError(f"{saved} is unreadable ({err}); delete {out} to start the run again, or choose a new --out") from None
+        return  # killed while writing it, before any result: written again
+    if before != config.to_json():
+        raise ValueError(f"{out}: holds a run of another grid ({saved}); choose a new --out or the same grid")
+
+
+def _save_grid(out: Path, config: GridConfig) -> None:
+    """grid.json, written aside and renamed (a kill never leaves half a file)."""
+    tmp = out / (CONFIG + ".partial")
+    tmp.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
+    os.replace(tmp, out / CONFIG)
 
 
 def _examples(config: GridConfig) -> list[Example]:
@@ -249,9 +268,6 @@ def _load(config: GridConfig) -> tuple[ModelAdapter, ModelAdapter | None]:
     return model, donor
 
 
-VARIABLES = ("logprob", "correct", "follows_mismatched", "visually_dependent")
-
-
 def _template(examples: list[Example], conditions: list, config: GridConfig, n_layers: int) -> xr.Dataset:
     shape = (len(conditions), len(examples))
     data = {k: (("condition", "example"), np.full(shape, np.nan)) for k in VARIABLES}
@@ -276,8 +292,6 @@ def _template(examples: list[Example], conditions: list, config: GridConfig, n_l
 
 def _evaluate(model, donor, name, params, examples, partners, sl, config, cache) -> dict[str, np.ndarray]:
     """The four per-example variables of one condition over the examples in `sl`."""
-    from probe.eval.candidates import plan_candidates
-
     idx = list(range(sl.start, sl.stop))
     real = [examples[i] for i in idx]
     other = [examples[partners[i]] if partners[i] is not None else None for i in idx]
@@ -295,8 +309,6 @@ def _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
             kw["mean"] = cache["visual_mean"]
         intervention = make_intervention(name, model, donor, **kw)
     # the correct answer's log-probability, and every candidate's under the real and the mismatched image
-    if "plans" not in cache:  # candidates from the user's data, planned over the whole manifest (as probe eval does)
-        cache["plans"] = plan_candidates(examples)
     choices = [cache["plans"][i].choices for i in idx]
     cands = [c if c else [e.answer] for c, e in zip(choices, real)]
     mism = [replace(e, image=o.image) if o is not None else e for e, o in zip(real, other)]
@@ -304,68 +316,50 @@ def _evaluate(model, donor, name, params, examples, partners, sl, config, cache)
     n = len(idx)
     logprob = np.array([s[c.index(e.answer)] for s, c, e in zip(scores[:n], cands, real)])
     has = np.array([bool(c) for c in choices])
-    correct = np.where(has, [normalise(p) == normalise(e.answer) for p, e in zip(preds[:n], real)], np.nan)
-    follows = np.array([np.nan if (o is None or not h) else float(normalise(p) == normalise(o.answer))
-                        for p, o, h in zip(preds[n:], other, has)])
+    correct = np.where(has, [answers_match(p, e.answer, e.lang) for p, e in zip(preds[:n], real)], np.nan)
+    follows = np.array([np.nan if (o is None or not h) else float(answers_match(p, o.answer, e.lang))
+                        for p, o, e, h in zip(preds[n:], other, real, has)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         dependent = np.where(np.isnan(follows) | np.isnan(correct), np.nan, correct * follows)
     out = {"logprob": logprob, "correct": correct.astype(float), "follows_mismatched": follows, "visually_dependent": dependent}
     if config.attention:
-        out["visual_attention"] = _visual_attention(model, real, intervention, config.batch_size)
+        out["visual_attention"] = _visual_attention(model, real, intervention, config.batch_size, cache)
     return out
 
 
 def _visual_attention(model: ModelAdapter, examples: list[Example], intervention: Intervention | None,
-                      batch_size: int) -> np.ndarray:
-    """[n, layer]: the last prompt token's attention share on visual tokens, mean over heads, under the intervention
-    (recorded inside the attention call, entered before the intervention so it sees the edited attention); NaN for
-    interventions that run two forwards per call (contrastive, AdaptVis)."""
+                      batch_size: int, cache: dict[str, Any]) -> np.ndarray:
+    """[n, layer]: the last prompt token's attention share on visual tokens, mean over heads, under the intervention,
+    recorded by probe's `Capture` (its recording entered before the intervention, so it sees the edited attention);
+    NaN for interventions that run two forwards per call (contrastive, AdaptVis)."""
     import torch
 
-    from probe.capture.attention import AttentionRecorder
+    from probe.capture import Capture, CaptureSpec
     from probe.segments import Segment
 
     out = np.full((len(examples), model.num_layers), np.nan)
     if intervention is not None and intervention.forward_passes > 1:
         return out
-    recorder = AttentionRecorder(model.attention_modules, range(model.num_layers), shares=True, rows=False)
+    if "capture" not in cache:
+        spec = CaptureSpec(attn_share=True, attn_pattern=False, max_answer_tokens=0, resid=(), projector=False,
+                           dtype="float32", padding_side="right")
+        cache["capture"] = Capture(model, spec)
+    cap: Capture = cache["capture"]
+    source = QUERY_SOURCES.index("last_prompt")
     device = next(model.model.parameters()).device
     for start in range(0, len(examples), batch_size):
         batch = model.build_inputs(examples[start : start + batch_size], padding_side="right").to(device)
-        recorder.set_batch(batch.segments)
-        with torch.no_grad(), recorder:
-            if intervention is not None:
-                intervention.set_batch(batch)
-                with intervention:
-                    model.model(**batch.inputs)
-            else:
-                model.model(**batch.inputs)
-        share = torch.stack([recorder.results[i].share[:, :, 0, int(Segment.VISUAL)] for i in range(model.num_layers)])
-        out[start : start + len(batch.segments)] = share.float().mean(-1).T.cpu().numpy()  # [layer, b, head] -> [b, layer]
+        with torch.no_grad(), cap.recording(batch), under(intervention)(batch):
+            with cap.envoy.trace(**batch.inputs):
+                saved = cap.tap(batch)
+            rows = cap.collect(batch, saved)
+        for b, row in enumerate(rows):  # attn_share [layer, head, source, segment]
+            out[start + b] = row["attn_share"][:, :, source, int(Segment.VISUAL)].mean(-1)
     return out
 
 
-def summarise(ds: xr.Dataset, *, by: str = "example_lang", n_boot: int = 1000, seed: int = 0) -> xr.Dataset:
-    """Per condition × `by`: mean accuracy and visual dependence (image-dependent examples) and accuracy on
-    text-answerable ones, each with a 95% bootstrap interval over groups (an image asked twice is one unit)."""
-    from probe.analysis.stats import BootstrapConfig, bootstrap_scalar_ci
-
-    cfg = BootstrapConfig(n_boot=n_boot, seed=seed)
-    levels = sorted(set(ds[by].values.tolist()))
-    stats = {"visual_dependence": ("visually_dependent", True), "accuracy_image": ("correct", True),
-             "accuracy_text": ("correct", False)}
-    out = {f"{k}{s}": np.full((ds.sizes["condition"], len(levels)), np.nan) for k in stats for s in ("", "_low", "_high")}
-    dep = ds["example_image_dependent"].values.astype(bool)
-    groups = ds["example_group"].values
-    for c in range(ds.sizes["condition"]):
-        for j, level in enumerate(levels):
-            for key, (var, image) in stats.items():
-                m = (ds[by].values == level) & (dep == image)
-                vals = ds[var].values[c, m]
-                per_group = [np.nanmean(vals[groups[m] == g]) if np.isfinite(vals[groups[m] == g]).any() else np.nan
-                             for g in dict.fromkeys(groups[m])]
-                mean, lo, hi = bootstrap_scalar_ci(np.asarray(per_group, dtype=float), cfg)
-                out[key][c, j], out[f"{key}_low"][c, j], out[f"{key}_high"][c, j] = mean, lo, hi
-    return xr.Dataset({k: (("condition", by), v) for k, v in out.items()},
-                      coords={"condition": ds["condition"].values, by: levels})
+def summarise(ds: xr.Dataset, *, by: str = "lang", n_boot: int = 1000, seed: int = 0) -> xr.Dataset:
+    """Per condition × `by`: visual dependence and accuracies with probe.eval's cluster-bootstrap intervals
+    (probe.results.run_summary, which the dashboard reads too)."""
+    return run_summary(ds, by=by, n_boot=n_boot, seed=seed)

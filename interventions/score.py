@@ -1,27 +1,37 @@
-"""Teacher-forced scoring under an intervention: the answer's log-probability, and ranking candidate answers."""
+"""Teacher-forced scoring under an intervention, through probe.eval's one answer log-probability and ranking."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 
 from interventions.base import Intervention
 from probe.data.example import Example
+from probe.eval.predict import Around, answer_logprob, answer_logprobs, candidate_logprobs
 from probe.models.base import ModelAdapter, ModelInputs
 
+__all__ = ["answer_logprob", "forward_logprob", "rank_answers", "score_answers", "under"]
 
-def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed log-probability of the labelled (answer) tokens per row: logits [b, T, V], labels [b, T] -> [b] float64."""
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    target = labels[:, 1:]
-    mask = target != -100
-    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    # where, not a product: a contrastive cut-off leaves -inf off the answer, and -inf * 0 would be NaN
-    return torch.where(mask, tok, torch.zeros_like(tok)).sum(1)
+
+def under(intervention: Intervention | None) -> Around:
+    """around(batch) for probe.eval's scoring: the intervention told the batch and installed (None: nothing).
+
+    Always given, so every condition (the unedited one too) is scored by the same full-forward path: an edit of the
+    forward needs the whole sequence in one call, and a no-op edit stays bit-identical to no edit.
+    """
+    @contextmanager
+    def around(batch: ModelInputs) -> Iterator[None]:
+        if intervention is None:
+            yield
+            return
+        intervention.set_batch(batch)
+        with intervention:
+            yield
+
+    return around
 
 
 @torch.no_grad()
@@ -29,11 +39,9 @@ def forward_logprob(adapter: ModelAdapter, batch: ModelInputs, intervention: Int
     """One forward of `batch` (with answers) under `intervention` -> the answer's log-probability per row [b]."""
     if batch.labels is None:
         raise ValueError("forward_logprob: the batch has no answers to score")
-    if intervention is not None:
-        intervention.set_batch(batch)
-    with intervention if intervention is not None else nullcontext():
+    with under(intervention)(batch) if intervention is not None else nullcontext():
         logits = adapter.model(**batch.inputs).logits
-    return answer_logprob(logits, batch.labels.to(logits.device)).cpu()
+    return answer_logprob(logits, batch.labels).cpu()
 
 
 def score_answers(
@@ -44,12 +52,7 @@ def score_answers(
     batch_size: int = 16,
 ) -> np.ndarray:
     """Log-probability of each example's `answer` under the intervention: [n] float64."""
-    device = next(adapter.model.parameters()).device
-    out: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        batch = adapter.build_inputs(examples[start : start + batch_size], padding_side="right").to(device)
-        out += forward_logprob(adapter, batch, intervention).tolist()
-    return np.asarray(out, dtype=np.float64)
+    return np.asarray(answer_logprobs(adapter, examples, batch_size, under(intervention)), dtype=np.float64)
 
 
 def rank_answers(
@@ -60,13 +63,7 @@ def rank_answers(
     *,
     batch_size: int = 16,
 ) -> tuple[list[str], list[np.ndarray]]:
-    """Per example, the candidate with the highest log-likelihood, and every candidate's log-likelihood."""
-    flat = [replace(ex, answer=c) for ex, cands in zip(examples, choices, strict=True) for c in cands]
-    scores = score_answers(adapter, flat, intervention, batch_size=batch_size)
-    preds, per, i = [], [], 0
-    for cands in choices:
-        block = scores[i : i + len(cands)]
-        preds.append(cands[int(np.argmax(block))])
-        per.append(block)
-        i += len(cands)
-    return preds, per
+    """Per example, the candidate with the highest log-likelihood (the first on a tie), and every candidate's."""
+    scores = candidate_logprobs(adapter, examples, choices, batch_size=batch_size, around=under(intervention))
+    per = [np.asarray(s, dtype=np.float64) for s in scores]
+    return [cands[int(np.argmax(block))] for cands, block in zip(choices, per)], per

@@ -64,7 +64,9 @@ def example_field(ds: Any, field: str) -> np.ndarray:
     for name in (RESULT_PREFIX + field, field):
         if name in ds.coords and ds[name].dims == ("example",):
             values = np.asarray(ds[name].values)
-            return values.astype(bool) if field == "image_dependent" else values.astype(str)
+            if field == "image_dependent":
+                return values.astype(bool)
+            return np.array([str(v) for v in values.tolist()], dtype=str)  # any string dtype zarr hands back
     raise KeyError(f"dataset has no per-example {field!r} (looked for {RESULT_PREFIX + field!r} and {field!r})")
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 import torch
 
 from probe.data.example import Example
 from probe.eval.normalise import normalise
-from probe.models.base import ModelAdapter
+from probe.models.base import ModelAdapter, ModelInputs
 from probe.progress import progress_bar
 
-__all__ = ["answer_logprobs", "candidate_logprobs", "greedy_answers", "normalise", "rank_choices"]
+__all__ = ["Around", "answer_logprob", "answer_logprobs", "candidate_logprobs", "greedy_answers", "normalise",
+           "rank_choices"]
+
+# A context entered around each scoring forward, given its batch (e.g. an intervention's set_batch + install).
+Around = Callable[[ModelInputs], AbstractContextManager]
 
 
 def _device(adapter: ModelAdapter) -> torch.device:
@@ -25,11 +30,26 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
+def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of the labelled (answer) tokens per row: logits [b, T, V], labels [b, T] -> [b] float64.
+
+    The one answer log-probability of the project (evaluation, the experiment runner, activation patching).
+    """
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    target = labels[:, 1:].to(logits.device)
+    mask = target != -100
+    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # where, not a product: a contrastive cut-off leaves -inf off the answer, and -inf * 0 would be NaN
+    return torch.where(mask, tok, torch.zeros_like(tok)).sum(1)
+
+
 @torch.no_grad()
-def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_size: int) -> list[float]:
+def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_size: int,
+                    around: Around | None = None) -> list[float]:
     """Summed log-probability of each example's `answer` tokens (the adapter's ANSWER labels) given the rest.
 
     One full forward per (example, answer): the reference `candidate_logprobs` is checked against.
+    around(batch): a context entered around each forward (an intervention that needs the batch).
     """
     device = _device(adapter)
     out: list[float] = []
@@ -38,10 +58,9 @@ def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_si
         batch = adapter.build_inputs(chunk, padding_side="right").to(device)
         if batch.labels is None:
             raise ValueError("answer_logprobs: the adapter produced no labels (examples need answers)")
-        logits = adapter.model(**batch.inputs).logits
-        labels = batch.labels[:, 1:]
-        tok = _token_logprobs(logits[:, :-1], labels)
-        out += (tok * (labels != -100)).sum(dim=1).tolist()
+        with around(batch) if around is not None else nullcontext():
+            logits = adapter.model(**batch.inputs).logits
+        out += answer_logprob(logits, batch.labels).tolist()
     return out
 
 
@@ -158,13 +177,15 @@ def candidate_logprobs(
     *,
     batch_size: int = 32,
     progress: bool = False,
+    around: Around | None = None,
 ) -> list[list[float]]:
     """Summed log-probability of every candidate answer of every example: [example][candidate].
 
     Each prompt (image included) runs once; its K candidates continue from the prompt's KV cache in one
     batch of at most `batch_size` candidate rows (more when one example has more candidates). Equal to
     `answer_logprobs` on (example, candidate) pairs up to float round-off; adapters whose positions the
-    model derives itself (M-RoPE) use that full-forward path.
+    model derives itself (M-RoPE) use that full-forward path, as does every call with `around` (a context entered
+    around each forward, given its batch: an edit of the forward needs the whole sequence in one call).
     """
     if len(examples) != len(choices):
         raise ValueError(f"candidate_logprobs: {len(examples)} examples but {len(choices)} candidate lists")
@@ -172,10 +193,10 @@ def candidate_logprobs(
     scores: list[list[float]] = []
     for span in progress_bar(_chunks(choices, batch_size), desc="rank", disable=not progress, leave=False):
         exs, cands = [examples[i] for i in span], [choices[i] for i in span]
-        got = _shared_prefix_chunk(adapter, exs, cands, cont)
+        got = _shared_prefix_chunk(adapter, exs, cands, cont) if around is None else None
         if got is None:
             flat = [replace(ex, answer=c) for ex, cs in zip(exs, cands) for c in cs]
-            got = _per_example(answer_logprobs(adapter, flat, batch_size), cands)
+            got = _per_example(answer_logprobs(adapter, flat, batch_size, around), cands)
         scores += got
     return scores
 
@@ -187,9 +208,10 @@ def rank_choices(
     *,
     batch_size: int = 32,
     progress: bool = False,
+    around: Around | None = None,
 ) -> list[str]:
     """For each example, the candidate answer with the highest log-likelihood (the first one on a tie)."""
-    scores = candidate_logprobs(adapter, examples, choices, batch_size=batch_size, progress=progress)
+    scores = candidate_logprobs(adapter, examples, choices, batch_size=batch_size, progress=progress, around=around)
     return [cands[max(range(len(cands)), key=block.__getitem__)] for cands, block in zip(choices, scores)]
 
 

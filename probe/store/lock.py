@@ -30,7 +30,9 @@ class StoreLockedError(StoreError):
 class StoreLock:
     """flock on a store folder, non-blocking: `acquire()` raises StoreLockedError when another process holds it."""
 
-    def __init__(self, folder: str | os.PathLike, purpose: str = "write", *, shown_as: str | os.PathLike | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, purpose: str = "write", *, shown_as: str | os.PathLike | None = None,
+                 what: str = "store") -> None:
+        self.what = what  # the noun before the folder in the refusal ("store", or "" for a results folder)
         self.folder = Path(folder)
         self.purpose = purpose
         self.shown_as = Path(shown_as) if shown_as is not None else self.folder
@@ -43,7 +45,7 @@ class StoreLock:
         except BlockingIOError:
             os.close(fd)
             raise StoreLockedError(
-                f"store {self.shown_as} is being written by another process; "
+                f"{self.what + ' ' if self.what else ''}{self.shown_as} is being written by another process; "
                 f"wait for it to finish or write to another path (refused: {self.purpose})") from None
         self._fd = fd
         return self

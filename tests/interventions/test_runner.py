@@ -56,7 +56,7 @@ def test_grid_known_answers(pair, colour_manifest, tmp_path):
     assert (tmp_path / "run" / "grid.json").is_file()
     assert json.loads((tmp_path / "run" / "grid.json").read_text())["seeds"] == [0, 1]
     summary = summarise(ds, n_boot=50)
-    assert summary["visual_dependence"].dims == ("condition", "example_lang")
+    assert summary["visual_dependence"].dims == ("condition", "lang")
 
 
 def test_resume_after_sigkill(pair, colour_manifest, tmp_path):
