@@ -126,8 +126,8 @@ def _interventions(root: Path, found: dict[str, list[str]]) -> None:
     for s in found["stores"]:
         choices += [f"{s}::{g}" for g in store_groups(resolve_under_root(root, s), "runs/")]
     if not choices:
-        st.info("no intervention results under ROOT (an xarray zarr with `visual_dependence` over "
-                "(intervention, strength, lang), or a store's runs/ group)")
+        st.info("no intervention results under ROOT (a run folder's results.zarr written by `interventions run`, "
+                "or a store's runs/ group)")
         return
     wanted = st.query_params.get("results")
     choice = st.sidebar.selectbox("results", choices, index=choices.index(wanted) if wanted in choices else 0, key="results")

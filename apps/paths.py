@@ -43,11 +43,13 @@ def _is_store(meta: dict) -> bool:
 
 
 def _is_results(path: Path, meta: dict) -> bool:
-    """A plain xarray zarr group holding `visual_dependence` over an `intervention` dim (experiment-runner results)."""
+    """An experiment-runner results.zarr (probe.results: `visblind_result` = "run", or a run written before it)."""
     if meta.get("node_type") != "group":
         return False
-    var = _zarr_meta(path / "visual_dependence")
-    return bool(var) and "intervention" in (var.get("dimension_names") or ())
+    if (meta.get("attributes") or {}).get("visblind_result") == "run":
+        return True
+    var = _zarr_meta(path / "visually_dependent")
+    return bool(var) and tuple(var.get("dimension_names") or ()) == ("condition", "example")
 
 
 def discover(root: str | os.PathLike, max_depth: int = 4) -> dict[str, list[str]]:

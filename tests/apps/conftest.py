@@ -1,4 +1,4 @@
-"""Fixtures: a ROOT folder with a before/after store pair, its images, a manifest and an intervention result."""
+"""Fixtures: a ROOT folder with a before/after store pair, its images, a manifest (the interventions view is tested on a real run: test_interventions_view.py)."""
 
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ def dash_root(tmp_path_factory) -> Path:
     with (root / "data" / "manifest.jsonl").open("w") as fh:
         for i in range(N):
             fh.write(json.dumps({"id": f"ex{i}", "image": "img/quad.png", "prompt": "What colour?", "answer": "red"}) + "\n")
-    S.write_results(root / "runs" / "sweep.zarr")
-    from probe.store import TraceStore
-
-    res = S.write_results(root / "runs" / "copy.zarr")  # the same result also as a store's runs/ group
-    TraceStore.open(root / "before.zarr").write_group("runs/boost", res, {"intervention": "demo"})
     return root
 
 

@@ -198,18 +198,6 @@ def write_image(path: Path, size: tuple[int, int]) -> Path:
     return path
 
 
-def write_results(path: Path) -> xr.Dataset:
-    """An experiment-runner style result: visual_dependence, ci_low, ci_high over (intervention, strength, lang)."""
-    strengths = np.array([0.0, 0.5, 1.0])
-    vd = np.array([[[0.1, 0.05], [0.3, 0.2], [0.5, 0.4]], [[0.1, 0.05], [0.12, 0.06], [0.15, 0.07]]])
-    ds = xr.Dataset({"visual_dependence": (("intervention", "strength", "lang"), vd),
-                     "ci_low": (("intervention", "strength", "lang"), vd - 0.05),
-                     "ci_high": (("intervention", "strength", "lang"), vd + 0.05)},
-                    coords={"intervention": ["visual_boost", "attn_redistribution"], "strength": strengths, "lang": ["en", "ko"]})
-    ds.to_zarr(path, mode="w", consolidated=False)
-    return ds
-
-
 def plotly_array(value) -> np.ndarray:
     """A plotly JSON array: a list, or {"dtype", "bdata" (base64), "shape"} as plotly 6 writes numpy arrays."""
     if isinstance(value, dict):

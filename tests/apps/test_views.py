@@ -115,31 +115,6 @@ def test_similarity_cka_equals_analysis(app, dash_root):
     assert set(probes["store"]) == {"before", "after"} and probes["accuracy"].between(0, 1).all()
 
 
-def test_interventions_table_equals_result(app, dash_root):
-    import xarray as xr
-
-    at = app(view="interventions")
-    at.run()
-    assert not at.exception, at.exception
-    at.multiselect(key="iv_lang").select("ko").run()
-    table = at.dataframe[0].value
-    ds = xr.open_zarr(dash_root / "runs" / "sweep.zarr", consolidated=False).load()
-    assert set(table["lang"]) == {"ko"}
-    for _, r in table.iterrows():
-        sel = ds.sel(intervention=r["intervention"], strength=r["strength"], lang="ko")
-        for v in ("visual_dependence", "ci_low", "ci_high"):
-            assert r[v] == pytest.approx(float(sel[v]), abs=1e-12)
-    assert len(table) == ds.sizes["intervention"] * ds.sizes["strength"]
-
-
-def test_interventions_from_store_runs_group(app):
-    at = app(view="interventions", results="before.zarr::runs/boost")
-    at.run()
-    assert not at.exception, at.exception
-    assert at.sidebar.selectbox(key="results").value == "before.zarr::runs/boost"
-    assert len(at.dataframe[0].value) == 12
-
-
 def test_overview_verdict_on_request_for_large_stores(app, monkeypatch):
     import apps.views.overview as ov
 
