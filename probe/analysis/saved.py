@@ -73,7 +73,9 @@ def write_index(st: Any, prefix: str, entries: list[dict[str, Any]], skipped: di
              "sources": json.dumps({role: fingerprint(s) for role, s in sources.items()}, sort_keys=True, default=str)}
     if headline is not None:
         attrs["verdict"] = json.dumps(headline, ensure_ascii=False)
-    st.write_group(f"{prefix}/{INDEX}", xr.Dataset(attrs=attrs), config)
+    from probe.results import ANALYSIS, stamp
+
+    st.write_group(f"{prefix}/{INDEX}", stamp(xr.Dataset(attrs=attrs), ANALYSIS), config)  # a typed, versioned result
     return f"{prefix}/{INDEX}"
 
 
@@ -86,7 +88,12 @@ def saved_index(path: Any, prefix: str, sources: dict[str, Any]) -> xr.Dataset:
     where = f"{st.path}/{prefix}"
     if f"{prefix}/{INDEX}" not in st.groups():
         raise SavedResultsError(f"no saved results in {where}")
-    index = st.read_group(f"{prefix}/{INDEX}")
+    from probe.results import ANALYSIS, ResultError, check
+
+    try:
+        index = check(st.read_group(f"{prefix}/{INDEX}"), ANALYSIS, where)
+    except ResultError as err:
+        raise SavedResultsError(str(err)) from None
     saved = json.loads(index.attrs["sources"])
     if set(saved) != set(sources):
         raise SavedResultsError(f"the results saved in {where} are of stores {sorted(saved)}, not {sorted(sources)}")

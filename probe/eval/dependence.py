@@ -304,25 +304,39 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
 
 
 def save_dependence(ds: xr.Dataset, path: str | Path, *, group: str | None = "eval") -> Path:
-    """Write the evaluation into zarr `path` (group `group` inside a TraceStore, or a stand-alone zarr), crash-safely."""
+    """Write the evaluation into zarr `path` (group `group` inside a TraceStore, or a stand-alone zarr), crash-safely,
+    as a typed result (probe.results kind "evaluation"), under the target's one-writer lock."""
+    from probe.results import EVALUATION, stamp
     from probe.store import TraceStore
     from probe.store.groups import ensure_plain_group, write_dataset
+    from probe.store.lock import StoreLock
 
     path = Path(path)
+    ds = stamp(ds, EVALUATION)
     if group and TraceStore.exists(path):
-        TraceStore.open(path).write_group(group, ds)
-    elif group:
-        ensure_plain_group(path)  # a plain zarr root holding the group
-        write_dataset(path / group, ds, {}, scratch=path.parent / f".{path.name}.{group}")
-    else:
-        write_dataset(path, ds, {})
+        TraceStore.open(path).write_group(group, ds)  # the store's own lock
+        return path
+    # a stand-alone zarr: its root folder (or, written whole, a hidden sibling) carries the lock
+    folder = path if group else path.parent / f".{path.name}.lock"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = StoreLock(folder, "write evaluation", shown_as=path, what="").acquire()
+    try:
+        if group:
+            ensure_plain_group(path)  # a plain zarr root holding the group
+            write_dataset(path / group, ds, {}, scratch=path.parent / f".{path.name}.{group}")
+        else:
+            write_dataset(path, ds, {})
+    finally:
+        lock.release()
     return path
 
 
 def load_dependence(path: str | Path, *, group: str | None = "eval") -> xr.Dataset:
-    """Read an evaluation written by `save_dependence`."""
+    """Read an evaluation written by `save_dependence` (one line if it is not one, or of a newer schema)."""
+    from probe.results import EVALUATION, check
     from probe.store import TraceStore
 
+    where = f"{path}::{group}" if group else str(path)
     if group and TraceStore.exists(path):
-        return TraceStore.open(path).read_group(group).load()
-    return xr.open_zarr(path, group=group, consolidated=False).load()
+        return check(TraceStore.open(path).read_group(group), EVALUATION, where).load()
+    return check(xr.open_zarr(path, group=group, consolidated=False), EVALUATION, where).load()

@@ -69,3 +69,26 @@ def test_sites_are_one_table(tiny_adapter):
         canonical_site("resid_post")
     adapter = tiny_adapter("llava")
     assert set(adapter.sites) <= set(SITES)
+
+
+def test_results_are_typed_and_versioned(tmp_path):
+    """An evaluation saved and read back through probe; another kind or a newer schema is refused in one line."""
+    import numpy as np
+    import xarray as xr
+
+    from probe.eval import load_dependence, save_dependence
+    from probe.results import SCHEMAS, ResultError, check, stamp
+
+    ev = xr.Dataset({v: ("example", np.zeros(2)) for v in ("correct", "visually_dependent", "accuracy",
+                                                           "visual_dependence")})
+    save_dependence(ev, tmp_path / "e.zarr")
+    back = load_dependence(tmp_path / "e.zarr")
+    assert back.attrs["visblind_result"] == "evaluation" and back.attrs["visblind_result_schema"] == SCHEMAS["evaluation"]
+    with pytest.raises(ResultError, match="holds an evaluation result, not a run result"):
+        check(back, "run", "e.zarr")
+    newer = back.assign_attrs(visblind_result_schema=SCHEMAS["evaluation"] + 1)
+    newer.to_zarr(tmp_path / "n.zarr", consolidated=False)  # as a later visblind would write it
+    with pytest.raises(ResultError, match="evaluation result schema version 2; this visblind reads up to 1"):
+        load_dependence(tmp_path / "n.zarr", group=None)
+    with pytest.raises(ResultError, match="is not an evaluation result: it lacks accuracy"):
+        check(stamp(ev.drop_vars("accuracy"), "evaluation"), "evaluation", "x")
