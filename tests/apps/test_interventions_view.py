@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from probe.results import ResultError, read_run, run_summary
+from probe.vocab import example_field
 
 
 @pytest.fixture(scope="module")
 def run_root(organism_cache, tmp_path_factory):
-    """ROOT holding `exp/` = `interventions run` (CLI) of a small grid over the organism's Korean fine-tune."""
+    """ROOT holding `exp/` = `interventions run` (CLI) of a small grid over the organism's base model (it uses the
+    image), the Korean fine-tune as donor."""
     from typer.testing import CliRunner
 
     from interventions.cli import app
@@ -20,7 +22,7 @@ def run_root(organism_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("iv_root")
     manifest = org.manifests["eval_image"]
     grid = root / "grid.yaml"
-    grid.write_text(f"model: {org.ko_ft}\ndonor: {org.base}\nmanifest: {manifest}\nmax_examples: 24\nbatch_size: 16\n"
+    grid.write_text(f"model: {org.base}\ndonor: {org.ko_ft}\nmanifest: {manifest}\nmax_examples: 24\nbatch_size: 16\n"
                     "chunk_examples: 12\ninterventions:\n  - {name: knockout, params: {layers: [[0, 1]]}}\n"
                     "  - {name: swap, params: {components: [[projector]]}}\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["run", str(grid), "--out", str(root / "exp"), "--quiet"])
@@ -44,13 +46,14 @@ def test_view_shows_what_the_runner_wrote(run_root, monkeypatch):
     summary = run_summary(ds, by="lang")
     assert set(table["condition"]) <= set(ds["condition"].values.tolist()) and "none" in set(table["condition"])
     assert len(table) == int(np.isfinite(summary["visual_dependence"].values).sum()) > 0
+    assert (table[table["condition"] == "none"]["visual_dependence"] > 0).all()  # the base model uses the image
     for _, r in table.iterrows():
         sel = summary.sel(condition=r["condition"], lang=r["lang"])
         for col, var in (("visual_dependence", "visual_dependence"), ("ci_low", "visual_dependence_low"),
                          ("ci_high", "visual_dependence_high")):
             assert r[col] == pytest.approx(float(sel[var]), abs=1e-12)
         # and straight from the runner's per-example rows: the share of visually dependent image questions
-        m = (ds["example_lang"].values.astype(str) == r["lang"]) & ds["example_image_dependent"].values.astype(bool)
+        m = (example_field(ds, "lang") == r["lang"]) & example_field(ds, "image_dependent")
         vals = ds["visually_dependent"].sel(condition=r["condition"]).values[m]
         assert r["visual_dependence"] == pytest.approx(float(np.nanmean(vals)), abs=1e-12)
         assert r["n"] == int(np.isfinite(vals).sum())
