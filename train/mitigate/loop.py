@@ -8,6 +8,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,30 +172,8 @@ class _Trainer:
         return rows
 
     def _projector_input(self, inputs, swap: bool) -> torch.Tensor:
-        from train.mitigate.anchors import _Stop
-
-        got: list[torch.Tensor] = []
-
-        def hook(_m, args, kwargs):
-            got.append(self.adapter.site_tensor("projector.in", (args, kwargs)))
-            raise _Stop
-
-        path = self.adapter.component_path("vision")
-        parent_path, _, leaf = path.rpartition(".")
-        parent = self.adapter.model.get_submodule(parent_path) if parent_path else self.adapter.model
-        live = getattr(parent, leaf)
-        handle = self.adapter.component("projector").register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            if swap:
-                setattr(parent, leaf, self.ref_vision)
-            with torch.no_grad():
-                self.model(**inputs.inputs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-            setattr(parent, leaf, live)
-        return got[0]
+        with torch.no_grad(), (self.adapter.replaced_component("vision", self.ref_vision) if swap else nullcontext()):
+            return self.adapter.projector_input(inputs, model=self.model)
 
     def step_losses(self, batch: list[Example], par: "_Parallel") -> tuple[torch.Tensor, dict[str, float]]:
         """This process's share of the step's loss (its gradients summed over processes give the whole batch's).
