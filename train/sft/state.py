@@ -27,7 +27,16 @@ def load_state(folder: str | Path) -> Any:
     """Read what `save_state` wrote (data only: JSON and safetensors)."""
     folder = Path(folder)
     tensors = load_file(folder / STATE_TENSORS)
-    return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
+    path = folder / STATE_JSON
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+        return _decode(tree, tensors)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: damaged trainer state ({err.msg}); delete {folder} "
+                         "to resume from an earlier checkpoint, or rerun with --no-resume") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: damaged trainer state ({type(err).__name__}: {err}); delete {folder} "
+                         "to resume from an earlier checkpoint, or rerun with --no-resume") from None
 
 
 def save_trainable(params: dict[str, torch.nn.Parameter], folder: str | Path) -> None:
