@@ -35,12 +35,14 @@ def sft_command(
     from probe.models.loading import load_model
     from train.sft import sft
     from train.sft.config import cli_config
+    from train.trainer import Parallel, writer_lock
 
     flags = dict(lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lora_r=lora_r, lora_alpha=lora_alpha,
                  freeze=freeze, checkpoint_every=checkpoint_every, seed=seed, device=device)
     cfg = cli_config(config, {k: v for k, v in flags.items() if v is not None})
-    adapter = load_model(model, attn_implementation="eager")
-    result = sft(adapter, read_manifest(manifest), cfg, out, resume=not no_resume)
+    with writer_lock(out, "train sft", Parallel(cfg.device)):  # a second writer is refused before the model loads
+        adapter = load_model(model, attn_implementation="eager")
+        result = sft(adapter, read_manifest(manifest), cfg, out, resume=not no_resume)
     typer.echo(f"{result.steps} steps in {result.seconds:.1f}s -> {result.out_dir / 'final'}")
 
 
