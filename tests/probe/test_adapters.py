@@ -12,7 +12,6 @@ from PIL import Image
 from probe.data.example import Example
 from probe.models._inputs import answer_ids
 from probe.models.base import BadExampleError
-from probe.models.registry import adapter_for
 from probe.provenance import weights_hash
 from probe.segments import Segment
 from probe.testing.hand_built import forward_with_hooks

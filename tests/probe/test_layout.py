@@ -15,7 +15,6 @@ from PIL import Image
 
 from probe.data.example import Example
 from probe.models.layout import VISUAL_SITES, VisualLayout
-from probe.models.registry import adapter_for
 from probe.segments import Segment
 from probe.testing.hand_built import forward_with_hooks
 
