@@ -201,7 +201,7 @@ def _boot_bridge(model):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
-    from probe.models.tiny import build_byte_tokenizer
+    from probe.testing import build_byte_tokenizer
 
     folder = tempfile.mkdtemp()
     build_byte_tokenizer().save_pretrained(folder)

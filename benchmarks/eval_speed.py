@@ -34,7 +34,7 @@ def load(organism: str | None, tmp: Path, n: int):
             raise SystemExit(f"no finished organism in {organism} (default config, seed 0)")
         adapter, manifests = load_model(org.base, attn_implementation="eager"), org.manifests
     else:
-        from probe.models.tiny import tiny_llava
+        from probe.testing import tiny_llava
 
         adapter = adapter_for(*tiny_llava(0))
         manifests = generate(tmp, seed=0, config=SynthConfig(stage1_scenes=1, stage2_examples=1, eval_scenes=n // 2,

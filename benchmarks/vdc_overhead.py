@@ -31,7 +31,7 @@ def main() -> None:
 
     from probe.data.manifest import read_manifest, write_manifest
     from probe.data.synth import SynthConfig, generate
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
     from train.mitigate import mitigate
     from train.mitigate.recipes import RecipeData, recipes
 

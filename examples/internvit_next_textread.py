@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 from probe.data.example import Example
 from probe.data.fonts import hangul_font
 from probe.models.registry import adapter_for
-from probe.models.tiny import tiny_internvl
+from probe.testing import tiny_internvl
 from train.internvit_next import (
     configure_processor,
     image_token_count,

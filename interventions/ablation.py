@@ -13,7 +13,7 @@ from PIL import Image
 from interventions.base import Intervention, register_intervention
 from probe.data.example import Example
 from probe.eval import mismatch_partners
-from probe.models.base import ModelAdapter
+from probe.models.base import ModelAdapter, ModelInputs
 
 IMAGE_ABLATIONS: tuple[str, ...] = ("blank", "mean", "noise", "shuffle", "other")
 TOKEN_ABLATIONS: tuple[str, ...] = ("zero", "mean", "noise")
@@ -116,15 +116,19 @@ class VisualTokenAblation(Intervention):
             raise ValueError("visual-token ablation 'mean' needs the mean vector (visual_token_mean(adapter, examples))")
         super().__init__()
         self.adapter, self.mode, self.fraction, self.mean, self.seed = adapter, mode, float(fraction), mean, seed
+        self._segments: torch.Tensor | None = None
 
     @property
     def is_noop(self) -> bool:
         return self.fraction == 0
 
-    def _replace(self, x: torch.Tensor) -> torch.Tensor:
+    def set_batch(self, batch: ModelInputs) -> None:
+        self._segments = batch.segments
+
+    def _replace(self, rows: torch.Tensor) -> torch.Tensor:
+        """The batch's visual tokens `[n, d]` in decoder order, a seeded `fraction` of them replaced."""
         g = torch.Generator().manual_seed(self.seed)
-        rows = x.reshape(-1, x.shape[-1])
-        chosen = (torch.rand(rows.shape[0], generator=g) < self.fraction).to(x.device) if self.fraction < 1 else None
+        chosen = (torch.rand(rows.shape[0], generator=g) < self.fraction).to(rows.device) if self.fraction < 1 else None
         if self.mode == "zero":
             new = torch.zeros_like(rows)
         elif self.mode == "mean":
@@ -135,36 +139,24 @@ class VisualTokenAblation(Intervention):
             new = (f.mean(-1, keepdim=True) + f.std(-1, keepdim=True) * z).to(rows.dtype)
         if chosen is not None:
             new = torch.where(chosen[:, None], new, rows)
-        return new.reshape(x.shape)
+        return new
 
     def _install(self) -> Callable[[], None]:
-        def hook(module, args, output):
-            if not isinstance(output, torch.Tensor):
-                raise NotImplementedError(f"visual-token ablation: projector returns {type(output).__name__}, not a tensor")
-            return self._replace(output)
-
-        return self.adapter.component("projector").register_forward_hook(hook).remove
+        # at the decoder's input, where the rows are the visual tokens in decoder order (anyres unpadding,
+        # mergers and tile layouts done): the projector's raw output is not that for every family
+        return self.adapter.edit_visual_tokens(self._replace, lambda: self._segments)
 
 
 @torch.no_grad()
 def visual_token_mean(adapter: ModelAdapter, examples: Sequence[Example], *, batch_size: int = 16) -> torch.Tensor:
-    """The mean projected visual token over `examples`: [d] float32."""
+    """The mean projected visual token over `examples` (the rows the decoder receives): [d] float32."""
     total, count = None, 0
-
-    def hook(module, args, output):
-        nonlocal total, count
-        rows = output.reshape(-1, output.shape[-1]).float()
+    device = next(adapter.model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        chunk = [replace(ex, answer=None) for ex in examples[start : start + batch_size]]
+        rows = torch.cat(adapter.visual_tokens(adapter.build_inputs(chunk).to(device))).float()
         total = rows.sum(0) if total is None else total + rows.sum(0)
         count += rows.shape[0]
-
-    handle = adapter.component("projector").register_forward_hook(hook)
-    try:
-        device = next(adapter.model.parameters()).device
-        for start in range(0, len(examples), batch_size):
-            chunk = [replace(ex, answer=None) for ex in examples[start : start + batch_size]]
-            adapter.model(**adapter.build_inputs(chunk).to(device).inputs)
-    finally:
-        handle.remove()
     if not count:
         raise ValueError("visual_token_mean: no visual tokens")
     return total / count

@@ -40,10 +40,7 @@ def site_module(adapter: ModelAdapter, site: str, layer: int | None = None) -> n
     if site == "attn":
         return adapter.module("lm.layer.{i}.attn", layer)
     if site == "mlp":
-        if "lm.layer.{i}.mlp" in adapter.sites:
-            return adapter.module("lm.layer.{i}.mlp", layer)
-        # until adapters name the MLP site (core contract: lm.layer.{i}.mlp), the decoder layer's `mlp` child
-        return adapter.component(f"lm.layer.{layer}").get_submodule("mlp")
+        return adapter.module("lm.layer.{i}.mlp", layer)
     raise ValueError(f"unknown patch site {site!r}; choose from {', '.join(PATCH_SITES)}")
 
 

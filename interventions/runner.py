@@ -129,18 +129,10 @@ class GridConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "GridConfig":
-        """Read a grid file; relative model / manifest paths are taken relative to the file."""
-        import yaml
+        """Read a grid file (YAML/JSON, probe.config); relative model / manifest paths are taken relative to the file."""
+        from interventions.grid_file import load_grid
 
-        path = Path(path)
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"{path}: unknown grid field {sorted(unknown)[0]!r}")
-        for key in ("model", "manifest", "donor"):
-            if raw.get(key) is not None and (path.parent / raw[key]).exists():
-                raw[key] = str((path.parent / raw[key]).resolve())
-        return cls(**raw)
+        return load_grid(cls, path)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -70,7 +70,7 @@ class _LazyModels(Mapping):
 def tiny_models() -> Mapping[str, tuple[Any, Any]]:
     """family -> (model, processor) of a tiny random-weight model; built lazily, once per session.
 
-    Tests must not change these models' weights (build their own with probe.models.tiny for that).
+    Tests must not change these models' weights (build their own with probe.testing for that).
     """
     return _LazyModels()
 
@@ -93,7 +93,7 @@ def tiny_adapter(tiny_models) -> Callable[[str], Any]:
 @pytest.fixture(scope="session")
 def tiny_llava_pair():
     """(model, processor) of a tiny random-weight LLaVA, built once."""
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     return tiny_llava(seed=0, text_layers=3, text_dim=64, vision_dim=32)
 

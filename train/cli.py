@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,28 +17,32 @@ def sft_command(
     model: str = typer.Argument(..., help="model folder or hub id (loaded with probe's load_model)"),
     manifest: Path = typer.Argument(..., help="JSONL manifest with answers"),
     out: Path = typer.Option(..., "--out", help="output folder (checkpoints, loss.jsonl, final/)"),
-    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank; 0 = full fine-tuning"),
-    lora_alpha: int = typer.Option(16, "--lora-alpha"),
-    freeze: str = typer.Option("", "--freeze", help="comma list: vision,projector,decoder,embeddings,layerI,layerI-J"),
-    lr: float = typer.Option(1e-4, "--lr"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    max_steps: int | None = typer.Option(None, "--max-steps"),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    config: Optional[Path] = typer.Option(None, "--config", help="SFTConfig fields as YAML/JSON; flags given override it"),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank; 0 = full fine-tuning [0]"),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="[16]"),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="comma list: vision,projector,decoder,embeddings,layerI,layerI-J"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="[1e-4]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[8]"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="[1.0]"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="[200]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="[0]"),
+    device: Optional[str] = typer.Option(None, "--device", help="[auto]"),
     no_resume: bool = typer.Option(False, "--no-resume", help="ignore checkpoints already in --out"),
 ) -> None:
     """Supervised fine-tuning of MODEL on MANIFEST."""
     from probe.data.manifest import read_manifest
     from probe.models.loading import load_model
-    from train.sft import SFTConfig, sft
+    from train.sft import sft
+    from train.sft.config import cli_config
+    from train.trainer import Parallel, writer_lock
 
-    cfg = SFTConfig(lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lora_r=lora_r,
-                    lora_alpha=lora_alpha, freeze=freeze, checkpoint_every=checkpoint_every, seed=seed,
-                    device=device)
-    adapter = load_model(model, attn_implementation="eager")
-    result = sft(adapter, read_manifest(manifest), cfg, out, resume=not no_resume)
+    flags = dict(lr=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps, lora_r=lora_r, lora_alpha=lora_alpha,
+                 freeze=freeze, checkpoint_every=checkpoint_every, seed=seed, device=device)
+    cfg = cli_config(config, {k: v for k, v in flags.items() if v is not None})
+    with writer_lock(out, "train sft", Parallel(cfg.device)):  # a second writer is refused before the model loads
+        adapter = load_model(model, attn_implementation="eager")
+        result = sft(adapter, read_manifest(manifest), cfg, out, resume=not no_resume)
     typer.echo(f"{result.steps} steps in {result.seconds:.1f}s -> {result.out_dir / 'final'}")
 
 

@@ -21,7 +21,7 @@ from probe.analysis.drift import projector_drift, vocab_drift
 from probe.analysis.keyspace import compare_keyspace, keyspace_ood
 from probe.analysis.mir import modality_integration_rate
 from probe.analysis.probes import compare_probes, label_names, linear_probes
-from probe.analysis.sinks import find_sink_dims, sink_collapse, sink_summary
+from probe.analysis.sinks import sink_collapse, sink_summary
 from probe.analysis.stats import bootstrap_mean_ci, groups_of
 
 

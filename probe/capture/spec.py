@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from probe.config import ConfigError, build, load
 
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 RESID_KINDS = ("query", "pooled", "tokens")
@@ -71,22 +73,24 @@ class CaptureSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "CaptureSpec":
-        raw = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        legacy = sorted(unknown & set(_REPLACED_BY_LAYERS))
-        if legacy:
-            raise ValueError(f"CaptureSpec fields {legacy} were replaced by one `layers` selection for every "
-                             "per-layer quantity (store schema 2)")
-        if unknown:
-            raise ValueError(f"unknown CaptureSpec fields: {sorted(unknown)}")
-        for k, v in raw.items():
-            if isinstance(v, list):
-                raw[k] = tuple(v)
-        return cls(**raw)
+    def from_json(cls, text: str, *, source: str = "CaptureSpec JSON") -> "CaptureSpec":
+        """A spec from JSON text (a store's attribute); `source` names it in errors."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{source}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a CaptureSpec is a JSON object of fields, got a {type(raw).__name__}")
+        return build(cls, raw, where=source, check=_no_replaced_fields)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CaptureSpec":
-        """Read a spec from a JSON (or YAML-free TOML-free) file: a flat object of fields."""
-        return cls.from_json(Path(path).read_text())
+        """Read a spec from a JSON or YAML file (probe.config): a flat mapping of fields."""
+        return load(cls, path, what="CaptureSpec", check=_no_replaced_fields)
+
+
+def _no_replaced_fields(raw: dict) -> None:
+    legacy = sorted(set(raw) & set(_REPLACED_BY_LAYERS))
+    if legacy:
+        raise ValueError(f"CaptureSpec fields {legacy} were replaced by one `layers` selection for every "
+                          "per-layer quantity (store schema 2)")

@@ -12,6 +12,7 @@ from torch import nn
 
 from probe.data.example import Example
 from probe.models.layout import VISUAL_SITES, VisualLayout
+from probe.models.surgery import ComponentOps
 from probe.segments import Segment
 
 
@@ -70,10 +71,11 @@ def standard_sites(vision: str, projector: str, decoder_layers: str) -> dict[str
         "projector.out": projector,
         "lm.layer.{i}.resid": f"{decoder_layers}.{{i}}",
         "lm.layer.{i}.attn": f"{decoder_layers}.{{i}}.self_attn",
+        "lm.layer.{i}.mlp": f"{decoder_layers}.{{i}}.mlp",
     }
 
 
-class ModelAdapter(ABC):
+class ModelAdapter(ComponentOps, ABC):
     """Knows where a family's vision tower, projector and decoder are, and how to feed it.
 
     Subclasses declare `name`, `model_types` (the `config.model_type` values they serve) and

@@ -185,7 +185,7 @@ def _processor_without_video(source: str, model_type: str, trust_remote_code: bo
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
     from transformers.utils import cached_file
 
-    from probe.models.tiny import _allow_missing_video_processor
+    from probe.models._video import allow_missing_video_processor
 
     name = PROCESSOR_MAPPING_NAMES.get(model_type)
     if name is None:
@@ -204,7 +204,7 @@ def _processor_without_video(source: str, model_type: str, trust_remote_code: bo
         settings["chat_template"] = json.loads(Path(templates_file).read_text(encoding="utf-8"))["chat_template"]
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    with _allow_missing_video_processor():
+    with allow_missing_video_processor():
         if "video_processor" in cls.get_attributes():
             return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **settings)
         return cls(image_processor=image_processor, tokenizer=tokenizer, **settings)

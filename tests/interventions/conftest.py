@@ -12,7 +12,7 @@ from probe.data.manifest import read_manifest
 def pair():
     """(recipient, donor) adapters: tiny LLaVAs, seeds 0 and 1, same shapes, SDPA attention, float32."""
     from probe.models import adapter_for
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     out = []
     for seed in (0, 1):

@@ -65,16 +65,20 @@ def test_visual_token_ablation(pair, batch, examples, logits):
 
     handle = adapter.decoder_layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with VisualTokenAblation(adapter, "zero"):
+        with VisualTokenAblation(adapter, "zero") as ablation:
+            ablation.set_batch(batch)
             zeroed = logits(adapter, batch)
         assert torch.count_nonzero(seen["x"]) == 0
         mean = visual_token_mean(adapter, examples)
-        with VisualTokenAblation(adapter, "mean", mean=mean):
+        with VisualTokenAblation(adapter, "mean", mean=mean) as ablation:
+            ablation.set_batch(batch)
             logits(adapter, batch)
         assert torch.equal(seen["x"], mean.expand_as(seen["x"]))
-        with VisualTokenAblation(adapter, "noise", fraction=0.5, seed=1):
+        with VisualTokenAblation(adapter, "noise", fraction=0.5, seed=1) as ablation:
+            ablation.set_batch(batch)
             a = logits(adapter, batch)
-        with VisualTokenAblation(adapter, "noise", fraction=0.5, seed=1):
+        with VisualTokenAblation(adapter, "noise", fraction=0.5, seed=1) as ablation:
+            ablation.set_batch(batch)
             assert torch.equal(logits(adapter, batch), a)
     finally:
         handle.remove()
@@ -86,3 +90,41 @@ def test_visual_token_ablation(pair, batch, examples, logits):
 def test_example_without_image_is_named():
     with pytest.raises(ValueError, match="'x'"):
         ablate_examples([Example(id="x", image=None, prompt="p", answer="a")], "blank")
+
+
+def test_visual_token_ablation_in_decoder_order_on_anyres():
+    """LLaVA-NeXT's projector emits padded tile rows the decoder never sees (unpadding drops them): the seeded
+    fraction is drawn over the decoder's visual tokens and the mean is theirs. Oracle: the decoder's own input."""
+    from probe.models import adapter_for
+    from probe.testing import tiny_llava_next
+
+    adapter = adapter_for(*tiny_llava_next(seed=0))
+    rng = np.random.default_rng(0)
+    examples = [Example(id=f"w{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                        prompt="What colour?", answer=None) for i, (h, w) in enumerate([(16, 44), (40, 16)])]
+    batch = adapter.build_inputs(examples, padding_side="right")
+    visual = batch.segments == 2
+    seen = {}
+
+    def grab(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        seen["x"] = h[visual].clone()
+
+    handle = adapter.decoder_layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            adapter.model(**batch.inputs)
+            clean = seen["x"]
+            projected = adapter.run_to_projector(batch).projector_out
+            assert projected.reshape(-1, projected.shape[-1]).shape[0] > clean.shape[0]  # the case: rows dropped
+            with VisualTokenAblation(adapter, "zero", fraction=0.5, seed=3) as ablation:
+                ablation.set_batch(batch)
+                adapter.model(**batch.inputs)
+            chosen = torch.rand(clean.shape[0], generator=torch.Generator().manual_seed(3)) < 0.5
+            assert 0 < int(chosen.sum()) < len(chosen)
+            assert torch.count_nonzero(seen["x"][chosen]) == 0
+            assert torch.equal(seen["x"][~chosen], clean[~chosen])
+            mean = visual_token_mean(adapter, examples)
+        torch.testing.assert_close(mean, clean.double().mean(0).float(), atol=1e-6, rtol=1e-5)
+    finally:
+        handle.remove()

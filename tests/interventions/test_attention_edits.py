@@ -150,7 +150,7 @@ def test_var_detection_finds_a_planted_sink(examples, logits):
     """A massive value planted in dim 5 of one text token's embedding makes that token the only one over tau at
     layer 0's input: on-the-fly detection must then equal VAR given that sink mask."""
     from probe.models import adapter_for
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     adapter = adapter_for(*tiny_llava(seed=2, text_layers=2, text_dim=64, vision_dim=32))
     batch = adapter.build_inputs(examples, padding_side="right")

@@ -64,7 +64,7 @@ def test_resume_after_sigkill(pair, colour_manifest, tmp_path):
         import os, signal, torch
         torch.set_num_threads(1)
         from probe.models import adapter_for
-        from probe.models.tiny import tiny_llava
+        from probe.testing import tiny_llava
         from interventions.runner import GridConfig, run_grid
         ads = [adapter_for(*tiny_llava(seed=s, text_layers=3, text_dim=64, vision_dim=32)) for s in (0, 1)]
         config = GridConfig(model="unused", donor="unused", manifest={str(colour_manifest)!r}, batch_size=8, chunk_examples=2,
@@ -83,7 +83,7 @@ def test_resume_after_sigkill(pair, colour_manifest, tmp_path):
     config = GridConfig(model="unused", donor="unused", manifest=str(colour_manifest), batch_size=8, chunk_examples=2,
                         interventions=[{"name": "knockout", "params": {"layers": [[0, 1]]}}])
     from probe.models import adapter_for
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     ran = []
     ads = tuple(adapter_for(*tiny_llava(seed=s, text_layers=3, text_dim=64, vision_dim=32)) for s in (0, 1))

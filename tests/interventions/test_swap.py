@@ -61,7 +61,7 @@ def test_layer_ranges_and_bad_names(pair):
 
 def test_shape_mismatch_is_one_clear_error(pair):
     from probe.models import adapter_for
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     other = adapter_for(*tiny_llava(seed=0, text_layers=3, text_dim=32, vision_dim=32))
     with pytest.raises(ValueError, match="projector"):

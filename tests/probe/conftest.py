@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tiny_vlm import TinyVLM, build_tiny, make_batch
+from probe.testing.hand_built import TinyVLM, build_tiny, make_batch
 
 
 @pytest.fixture(scope="session")

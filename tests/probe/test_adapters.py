@@ -12,10 +12,9 @@ from PIL import Image
 from probe.data.example import Example
 from probe.models._inputs import answer_ids
 from probe.models.base import BadExampleError
-from probe.models.registry import adapter_for
 from probe.provenance import weights_hash
 from probe.segments import Segment
-from tiny_vlm import forward_with_hooks
+from probe.testing.hand_built import forward_with_hooks
 
 # the keys of the session fixture `tiny_models` (tests/conftest.py); tiled variants get several tiles per image
 FAMILIES = ["llava", "internvl", "qwen2_vl", "qwen2_5_vl", "smolvlm", "idefics3", "internvl-tiled", "smolvlm-split",

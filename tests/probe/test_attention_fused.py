@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from tiny_vlm import END_TOKEN, IMAGE_TOKEN, START_TOKEN, segment_of
+from probe.testing.hand_built import END_TOKEN, IMAGE_TOKEN, START_TOKEN, segment_of
 from test_attention_stats import ATOL, RTOL, oracle_rows, oracle_shares
 
 from probe.capture import _attn_math

@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from tiny_vlm import build_tiny, make_batch
+from probe.testing.hand_built import build_tiny, make_batch
 from test_attention_stats import ATOL, FAMILIES, RTOL, oracle_rows, oracle_shares
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface

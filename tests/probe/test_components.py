@@ -120,7 +120,7 @@ def test_lora_targets_skip_frozen_layers(adapters):
 def test_components_work_through_peft(tiny_models):
     from peft import LoraConfig, get_peft_model
 
-    from probe.models.tiny import tiny_llava
+    from probe.testing import tiny_llava
 
     model, processor = tiny_llava(text_layers=2, text_dim=32, vision_dim=32)
     peft = get_peft_model(model, LoraConfig(r=2, target_modules=["model.language_model.layers.0.self_attn.q_proj"]))

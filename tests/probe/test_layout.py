@@ -15,9 +15,8 @@ from PIL import Image
 
 from probe.data.example import Example
 from probe.models.layout import VISUAL_SITES, VisualLayout
-from probe.models.registry import adapter_for
 from probe.segments import Segment
-from tiny_vlm import forward_with_hooks
+from probe.testing.hand_built import forward_with_hooks
 
 FAMILIES = ["llava", "llava_next", "llava_onevision", "internvl", "internvl-tiled", "qwen2_vl", "qwen2_5_vl",
             "smolvlm", "idefics3", "smolvlm-split", "idefics3-split", "gemma3", "qwen3_vl"]

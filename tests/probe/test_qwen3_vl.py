@@ -20,7 +20,7 @@ from probe.data.example import Example
 from probe.models.llava import LlavaAdapter
 from probe.models.registry import adapter_class
 from probe.segments import Segment
-from tiny_vlm import forward_with_hooks
+from probe.testing.hand_built import forward_with_hooks
 
 
 def _examples() -> list[Example]:

@@ -10,7 +10,7 @@ from PIL import Image
 from probe.capture import CaptureSpec
 from probe.data.example import Example
 from probe.models.registry import adapter_for
-from probe.models.tiny import tiny_internvl
+from probe.testing import tiny_internvl
 from train.internvit_next import (VARIANTS, configure_processor, expand_image_tokens, image_token_count,
                                   image_token_counts, swap_vision_tower, variant)
 from train.internvit_next.tiny import tiny_internvl_model

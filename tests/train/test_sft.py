@@ -10,7 +10,7 @@ from PIL import Image
 
 from probe.data.example import Example
 from probe.models.registry import adapter_for
-from probe.models.tiny import tiny_llava
+from probe.testing import tiny_llava
 from train.sft import SFTConfig, StopTraining, sft
 from train.sft.config import parse_freeze
 

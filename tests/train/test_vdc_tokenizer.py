@@ -6,7 +6,7 @@ import pytest
 
 from probe.data.manifest import read_manifest
 from probe.data.synth import COLOURS, SHAPES, SynthConfig, answer_word, generate
-from probe.models.tiny import build_byte_tokenizer
+from probe.testing import build_byte_tokenizer
 from train.organism import N_BASE_TOKENS, OrganismConfig, corpus, subword_tokenizer
 
 

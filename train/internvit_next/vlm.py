@@ -1,7 +1,7 @@
 """Put InternViT-Next into transformers' InternVLForConditionalGeneration, and agree on image-token counts.
 
-`swap_vision_tower` replaces `model.vision_tower` and binds an image-feature function to that one
-`InternVLModel` instance: tower -> VisualTokenizer -> the model's own `multi_modal_projector`. For A0..A2 on
+`swap_vision_tower` replaces the adapter's `vision` component and routes that one model's image features
+(`ModelAdapter.replace_image_features`): tower -> VisualTokenizer -> the model's own `multi_modal_projector`. For A0..A2 on
 square tiles this is InternVL's computation (pixel unshuffle in the same channel order); variants with
 spatial tokens or compression change the token count, which `image_token_count` / `configure_processor` /
 `expand_image_tokens` give to the prompt side.
@@ -9,7 +9,6 @@ spatial tokens or compression change the token count, which `image_token_count` 
 
 from __future__ import annotations
 
-import types
 from collections.abc import Sequence
 
 import torch
@@ -33,38 +32,48 @@ def image_token_count(cfg: InternViTNextConfig, height: int, width: int, patch_s
     return tokens_per_image(cfg, height // patch_size, width // patch_size)
 
 
-def _image_features(self: nn.Module, pixel_values: torch.Tensor | Sequence[torch.Tensor],
-                    vision_feature_layer: int | None = None, vision_feature_select_strategy: str | None = None,
-                    **kwargs: object) -> InternViTNextOutput:
-    """InternVLModel.get_image_features for an InternViTNext tower (bound per instance)."""
-    layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-    strategy = self.config.vision_feature_select_strategy if vision_feature_select_strategy is None \
-        else vision_feature_select_strategy
-    if strategy != "default" or not isinstance(layer, int):
-        raise ValueError(f"InternViT-Next: needs vision_feature_select_strategy='default' (CLS dropped) and one "
-                         f"int vision_feature_layer, got {strategy!r}, {layer!r}")
-    tower: InternViTNext = self.vision_tower
-    images = as_image_list(pixel_values)
-    out = tower(images, output_hidden_states=layer != -1)
-    feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-    tokens, layouts = tower.tokenizer(tower.patch_grids(feats, out.grid_hw), images)
-    proj = self.multi_modal_projector(tokens)
-    counts = {len(lay) for lay in layouts}
-    out.pooler_output = proj.reshape(len(images), -1, proj.shape[-1]) if len(counts) == 1 else proj[None]
-    out.layouts = layouts
-    return out
+def _image_features(adapter: object) -> object:
+    """InternVLModel.get_image_features for an InternViTNext tower: tower -> VisualTokenizer -> the adapter's projector."""
+
+    def features(inner: nn.Module, pixel_values: torch.Tensor | Sequence[torch.Tensor],
+                 vision_feature_layer: int | None = None, vision_feature_select_strategy: str | None = None,
+                 **kwargs: object) -> InternViTNextOutput:
+        layer = inner.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = inner.config.vision_feature_select_strategy if vision_feature_select_strategy is None \
+            else vision_feature_select_strategy
+        if strategy != "default" or not isinstance(layer, int):
+            raise ValueError(f"InternViT-Next: needs vision_feature_select_strategy='default' (CLS dropped) and one "
+                             f"int vision_feature_layer, got {strategy!r}, {layer!r}")
+        tower: InternViTNext = adapter.component("vision")
+        images = as_image_list(pixel_values)
+        out = tower(images, output_hidden_states=layer != -1)
+        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        tokens, layouts = tower.tokenizer(tower.patch_grids(feats, out.grid_hw), images)
+        proj = adapter.component("projector")(tokens)
+        counts = {len(lay) for lay in layouts}
+        out.pooler_output = proj.reshape(len(images), -1, proj.shape[-1]) if len(counts) == 1 else proj[None]
+        out.layouts = layouts
+        return out
+
+    return features
 
 
 def swap_vision_tower(vlm: nn.Module, cfg: InternViTNextConfig) -> nn.Module:
-    """Replace the vision tower of an InternVLForConditionalGeneration (or InternVLModel) in place; returns vlm."""
-    inner = getattr(vlm, "model", vlm)
-    if not hasattr(inner, "vision_tower") or not hasattr(inner, "multi_modal_projector"):
+    """Replace the vision tower of an InternVLForConditionalGeneration in place (through its adapter); returns vlm."""
+    from probe.models.registry import UnsupportedModelError, adapter_for
+
+    try:
+        adapter = adapter_for(vlm, None)
+    except UnsupportedModelError:
+        adapter = None
+    if adapter is None or adapter.name != "internvl":
         raise TypeError(f"swap_vision_tower: {type(vlm).__name__} is not an InternVL model")
-    if round(1 / inner.config.downsample_ratio) != 2:
-        raise ValueError(f"swap_vision_tower: needs downsample_ratio 0.5, got {inner.config.downsample_ratio}")
-    tower = inner.vision_tower
-    inner.vision_tower = tower if isinstance(tower, InternViTNext) else convert_vision_model(tower, cfg)
-    inner.get_image_features = types.MethodType(_image_features, inner)
+    if round(1 / vlm.config.downsample_ratio) != 2:
+        raise ValueError(f"swap_vision_tower: needs downsample_ratio 0.5, got {vlm.config.downsample_ratio}")
+    tower = adapter.component("vision")
+    if not isinstance(tower, InternViTNext):
+        adapter.replace_component("vision", convert_vision_model(tower, cfg))
+    adapter.replace_image_features(_image_features(adapter))
     return vlm
 
 
@@ -91,7 +100,9 @@ def expand_image_tokens(input_ids: Sequence[int], image_token_id: int, counts: S
 
 def image_token_counts(vlm: nn.Module, images: Sequence[torch.Tensor]) -> list[int]:
     """Image tokens per [C, H, W] image for a model whose tower was swapped."""
-    tower = getattr(vlm, "model", vlm).vision_tower
+    from probe.models.registry import adapter_for
+
+    tower = adapter_for(vlm, None).component("vision")
     if not isinstance(tower, InternViTNext):
         raise TypeError("image_token_counts: the model's vision tower is not InternViTNext (call swap_vision_tower)")
     return [image_token_count(tower.cfg, im.shape[-2], im.shape[-1], _patch(tower.config)) for im in images]

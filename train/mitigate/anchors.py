@@ -11,10 +11,6 @@ from probe.data.example import Example
 from probe.models.base import ModelAdapter
 
 
-class _Stop(Exception):
-    """Raised by the projector hook: the decoder is not needed for the anchors."""
-
-
 def anchor_examples(examples: Sequence[Example], lang: str, per_concept: int) -> list[Example]:
     """The first `per_concept` image-dependent examples in `lang` per distinct answer (the concept word), by id."""
     by_word: dict[str, list[Example]] = {}
@@ -51,29 +47,12 @@ class Anchors:
         if frozen and self._projector_args is not None:
             args, kwargs = self._projector_args
             return self._rows(projector(*args, **kwargs))
-        captured: list[torch.Tensor] = []
-        inputs: list[tuple] = []
-
-        def pre(_module, args, kwargs):
-            inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
-                           {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}))
-
-        def hook(_module, _args, output):
-            captured.append(output)
-            raise _Stop
-
-        handles = [projector.register_forward_pre_hook(pre, with_kwargs=True), projector.register_forward_hook(hook)]
-        try:
-            model(**self.batch.inputs)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        if not captured:
-            raise RuntimeError(f"anchors: the projector of {self.adapter.name!r} did not run")
-        self._projector_args = inputs[0] if frozen else None
-        return self._rows(captured[0])
+        run = self.adapter.run_to_projector(self.batch, model=model)  # vision + projector only
+        args, kwargs = run.projector_in
+        self._projector_args = ((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                 {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+                                if frozen else None)
+        return self._rows(run.projector_out)
 
     def _rows(self, output) -> torch.Tensor:
         return torch.cat(self.adapter.visual_rows("projector.out", self.adapter.site_tensor("projector.out", output), self.batch))

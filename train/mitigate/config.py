@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from probe.config import load
 from train.sft.config import parse_freeze
 
 CONFIG_FILE = "mitigate.yaml"
@@ -135,42 +136,8 @@ def save_config(config: MitigateConfig, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path, *, resolve_paths: bool = True) -> MitigateConfig:
-    """Read a YAML recipe; unknown keys and bad values raise one line naming the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read recipe ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe is a YAML mapping of MitigateConfig fields")
-    known = {f.name for f in fields(MitigateConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown recipe field(s) {unknown}")
-    if resolve_paths:
-        data = _resolve(data, path.parent)
-    try:
-        return MitigateConfig(**data)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+    """Read a YAML/JSON recipe (probe.config); unknown keys, wrong types and bad values raise one line naming the file."""
+    return load(MitigateConfig, path, what="recipe", paths=_PATHS, resolve_paths=resolve_paths)
 
 
-_PATHS = ("model", "train_manifest", "rank_store", "anchor_manifest", "replay_manifest")
-
-
-def _resolve(data: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Paths relative to the YAML's folder; hub ids (no such local path) stay as written."""
-    out = dict(data)
-
-    def fix(p: Any) -> Any:
-        if not isinstance(p, str) or Path(p).is_absolute():
-            return p
-        cand = root / p
-        return str(cand) if cand.exists() else p
-
-    for key in _PATHS:
-        out[key] = fix(out.get(key))
-    for key in ("pre", "post"):
-        if isinstance(out.get(key), dict):
-            out[key] = {**out[key], "manifest": fix(out[key].get("manifest"))}
-    return {k: v for k, v in out.items() if v is not None or k in data}
+_PATHS = ("model", "train_manifest", "rank_store", "anchor_manifest", "replay_manifest", "pre.manifest", "post.manifest")

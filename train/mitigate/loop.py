@@ -6,8 +6,8 @@ import copy
 import json
 import shutil
 import statistics
-import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from probe.data.example import Example
 from probe.data.manifest import read_manifest
 from probe.models.base import ModelAdapter, ModelInputs
 from probe.models.loading import load_model, save_processor
-from probe.progress import progress_bar
 from probe.segments import Segment
 from train.mitigate.anchors import Anchors, anchor_examples
 from train.mitigate.config import CONFIG_FILE, MitigateConfig, ProjectorStage, config_dict, load_config, save_config
@@ -28,11 +27,14 @@ from train.mitigate.losses import (
 )
 from train.mitigate.plot import write_steps_figure
 from train.sft.freeze import apply_freeze
-from train.sft.loop import StopTraining, batch_indices
-from train.sft.state import has_state, load_state, restore_trainable, save_state, save_trainable
+from train.trainer import (
+    LoopSettings, Objective, Parallel, StopTraining, batch_indices, checkpoints, run_loop, write_final, writer_lock,
+)
 
 LOG = "steps.jsonl"
 HEAD = "align_head."
+# recipe fields a checkpoint may be resumed with although they differ (where and how fast, how often saved)
+RUN_ONLY = frozenset({"checkpoint_every", "keep_checkpoints", "threads", "device"})
 
 
 @dataclass
@@ -61,11 +63,17 @@ def mitigate(
     """
     cfg = load_config(config) if isinstance(config, (str, Path)) else config
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    par = Parallel(cfg.device)
+    with writer_lock(out, "train mitigate", par):
+        return _mitigate(cfg, out, par, resume=resume, progress=progress, callback=callback)
+
+
+def _mitigate(cfg: MitigateConfig, out: Path, par: Parallel, *, resume: bool, progress: bool,
+              callback: Callable[[int, dict], None] | None) -> MitigateResult:
+    par.barrier()
     saved = out / CONFIG_FILE
     if saved.is_file() and resume and config_dict(load_config(saved, resolve_paths=False)) != config_dict(cfg):
         raise ValueError(f"{out}: holds a different recipe ({saved}); use another --out or --no-resume")
-    par = _Parallel(cfg.device)
     if par.main:
         if not resume:
             for sub in ("pre", "main", "post"):
@@ -103,8 +111,11 @@ class _Stage:
     resumed_from: int
 
 
-class _Trainer:
-    """One stage's model, trainable parameters, optional alignment head, anchors and loss terms."""
+class _Trainer(Objective):
+    """One stage's model, trainable parameters, optional alignment head, anchors and loss terms (the loop's objective)."""
+
+    log_name = LOG
+    shared_terms = frozenset({"drift_mmd_v", "drift_w_embed", "align_weight"})  # the same on every process
 
     def __init__(self, cfg: MitigateConfig, model_path: str, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -137,6 +148,36 @@ class _Trainer:
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         self.v0: torch.Tensor | None = None
         self.w0: torch.Tensor | None = None
+        self.examples: list[Example] = []
+        self.replay: list[Example] = []
+        self.n_replay = 0
+
+    # --- the loop's objective ------------------------------------------------------------------
+    def batch(self, step: int) -> list[Example]:
+        cfg = self.cfg
+        main = [self.examples[i] for i in batch_indices(len(self.examples), step, cfg.batch_size - self.n_replay, cfg.seed)]
+        extra = [self.replay[i] for i in batch_indices(len(self.replay), step, self.n_replay, cfg.seed + 1)] \
+            if self.n_replay else []
+        return main + extra
+
+    def loss(self, batch: list[Example], par: Parallel) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.step_losses(batch, par)
+
+    def extra_state(self) -> dict:
+        return {"v0": self.v0, "w0": self.w0} if self.v0 is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.anchors is not None:
+            self.v0, self.w0 = state["v0"].to(self.device), state["w0"].to(self.device)
+
+    def write_final(self, folder: Path) -> None:
+        model = self.final_model().eval()
+        model.save_pretrained(folder, safe_serialization=True)
+        save_processor(self.adapter.processor, folder)
+        if self.head is not None:
+            save_file({n: p.detach().contiguous().cpu() for n, p in self.head.state_dict().items()},
+                      folder / "align_head.safetensors")
+        save_config(self.cfg, folder / CONFIG_FILE)
 
     # --- pieces of a step -----------------------------------------------------------------------
     def init_head(self, batch: list[Example]) -> None:
@@ -171,32 +212,10 @@ class _Trainer:
         return rows
 
     def _projector_input(self, inputs, swap: bool) -> torch.Tensor:
-        from train.mitigate.anchors import _Stop
+        with torch.no_grad(), (self.adapter.replaced_component("vision", self.ref_vision) if swap else nullcontext()):
+            return self.adapter.projector_input(inputs, model=self.model)
 
-        got: list[torch.Tensor] = []
-
-        def hook(_m, args, kwargs):
-            got.append(self.adapter.site_tensor("projector.in", (args, kwargs)))
-            raise _Stop
-
-        path = self.adapter.component_path("vision")
-        parent_path, _, leaf = path.rpartition(".")
-        parent = self.adapter.model.get_submodule(parent_path) if parent_path else self.adapter.model
-        live = getattr(parent, leaf)
-        handle = self.adapter.component("projector").register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            if swap:
-                setattr(parent, leaf, self.ref_vision)
-            with torch.no_grad():
-                self.model(**inputs.inputs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-            setattr(parent, leaf, live)
-        return got[0]
-
-    def step_losses(self, batch: list[Example], par: "_Parallel") -> tuple[torch.Tensor, dict[str, float]]:
+    def step_losses(self, batch: list[Example], par: Parallel) -> tuple[torch.Tensor, dict[str, float]]:
         """This process's share of the step's loss (its gradients summed over processes give the whole batch's).
 
         Each mean over rows or answer tokens is rescaled to a sum over this shard divided by the count over all
@@ -279,46 +298,6 @@ class _Trainer:
         return self.model.merge_and_unload() if self.cfg.lora_r else self.model
 
 
-class _Parallel:
-    """Data parallelism through accelerate's process state: shards of each batch, gradients summed, rank 0 writes.
-
-    Gradients are all-reduced by hand rather than through DDP because a VDC step runs several forwards
-    (image, text only, anchors) before one backward.
-    """
-
-    def __init__(self, device: str) -> None:
-        from accelerate import PartialState
-
-        self.state = PartialState(cpu=device == "cpu")
-        self.world, self.rank = self.state.num_processes, self.state.process_index
-        self.main = self.state.is_main_process
-        self.device = self.state.device if device in ("auto", "cpu") or self.world > 1 else torch.device(device)
-
-    def shard(self, batch: list[Example]) -> list[Example]:
-        if len(batch) < self.world:
-            raise ValueError(f"batch of {len(batch)} cannot be split over {self.world} processes")
-        return batch[self.rank :: self.world]
-
-    def sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
-    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.state.wait_for_everyone()
-
-
 IMAGE_SEGMENTS = (Segment.VISUAL, Segment.IMAGE_START, Segment.IMAGE_END, Segment.IMAGE_SEP)
 
 
@@ -361,117 +340,32 @@ def _run(cfg: MitigateConfig, model_path: str, folder: Path, *, progress: bool,
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    par = _Parallel(cfg.device)
+    par = Parallel(cfg.device)
     tr = _Trainer(cfg, model_path, par.device)
     examples = read_manifest(cfg.train_manifest)
     missing = [ex.id for ex in examples if ex.answer is None]
     if not examples or missing:
         raise ValueError(f"{cfg.train_manifest}: no examples" if not examples else
                          f"{cfg.train_manifest}: example {missing[0]!r} has no answer")
-    replay = read_manifest(cfg.replay_manifest) if cfg.replay_manifest else []
-    n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if replay else 0
-
-    def batch(step: int) -> list[Example]:
-        main = [examples[i] for i in batch_indices(len(examples), step, cfg.batch_size - n_replay, cfg.seed)]
-        extra = [replay[i] for i in batch_indices(len(replay), step, n_replay, cfg.seed + 1)] if n_replay else []
-        return main + extra
-
-    tr.init_head(batch(0))
+    tr.examples = examples
+    tr.replay = read_manifest(cfg.replay_manifest) if cfg.replay_manifest else []
+    tr.n_replay = int(round(cfg.replay_fraction * cfg.batch_size)) if tr.replay else 0
+    tr.init_head(tr.batch(0))
     params = tr.trainable()
     if not params:
         raise ValueError(f"recipe {cfg.name!r}: nothing to train (freeze={cfg.freeze})")
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr)
-    start = 0
-    ckpts = _checkpoints(folder)
-    if ckpts:
-        start = _load(ckpts[-1], tr, opt)
-    elif tr.anchors is not None:
+    if not checkpoints(folder) and tr.anchors is not None:  # the drift reference: the anchors before training
         with torch.no_grad():
             tr.v0 = tr.anchors.projected(tr.model).detach().clone()
             tr.w0 = tr.anchors.word_embeddings().detach().clone()
-    log_path = folder / LOG
-    if par.main:
-        _truncate(log_path, start)
-    t0 = time.perf_counter()
-    times: list[float] = []
-    bar = progress_bar(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=cfg.name,
-                       disable=not (progress and par.main))
-    shared = {"drift_mmd_v", "drift_w_embed", "align_weight"}  # the same on every process
-    with open(log_path if par.main else "/dev/null", "a", encoding="utf-8") as log:
-        for step in bar:
-            ts = time.perf_counter()
-            loss, row = tr.step_losses(par.shard(batch(step)), par)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            par.reduce_grads(list(params.values()))
-            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-            opt.step()
-            times.append(time.perf_counter() - ts)
-            done = step + 1
-            row = {"step": done, **{k: v if k in shared else par.sum(v) for k, v in row.items()},
-                   "seconds": round(times[-1], 4)}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                if par.main:
-                    _save(folder, done, tr, opt, cfg.keep_checkpoints)
-                par.barrier()
-            if callback is not None:
-                callback(done, row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)  # at the bar's own interval in logs
-    model = tr.final_model().eval()
-    if not par.main:
-        par.barrier()
-        return _Stage(final, cfg.max_steps, time.perf_counter() - t0, float("nan"), start)
-    tmp = folder / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    save_processor(tr.adapter.processor, tmp)
-    if tr.head is not None:
-        save_file({n: p.detach().contiguous().cpu() for n, p in tr.head.state_dict().items()}, tmp / "align_head.safetensors")
-    save_config(cfg, tmp / CONFIG_FILE)
-    tmp.rename(final)  # visible only once complete
-    par.barrier()
-    step_s = statistics.median(times[1:] if len(times) > 1 else times) if times else float("nan")
-    return _Stage(final, cfg.max_steps, time.perf_counter() - t0, step_s, start)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    root = folder / "checkpoints"
-    found = [p for p in root.iterdir() if p.name.startswith("step-") and p.name[5:].isdigit() and has_state(p)] \
-        if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def _save(folder: Path, step: int, tr: _Trainer, opt: torch.optim.Optimizer, keep: int) -> None:
-    path = folder / "checkpoints" / f"step-{step}"
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_trainable(tr.trainable(), tmp)
-    anchors = {"v0": tr.v0, "w0": tr.w0} if tr.v0 is not None else {}
-    save_state({"step": step, "optimizer": opt.state_dict(), **anchors}, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    for old in _checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load(path: Path, tr: _Trainer, opt: torch.optim.Optimizer) -> int:
-    restore_trainable(tr.trainable(), path)
-    state = load_state(path)
-    opt.load_state_dict(state["optimizer"])
-    if tr.anchors is not None:
-        tr.v0, tr.w0 = state["v0"].to(tr.device), state["w0"].to(tr.device)
-    return int(state["step"])
-
-
-def _truncate(path: Path, step: int) -> None:
-    """Keep log rows up to `step` (rows after the checkpoint we resume from are redone)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    settings = LoopSettings(cfg.max_steps, cfg.checkpoint_every, cfg.keep_checkpoints, grad_clip=1.0, desc=cfg.name)
+    fingerprint = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY}
+    done = run_loop(folder, tr, opt, settings, fingerprint=fingerprint, par=par, callback=callback, progress=progress)
+    write_final(folder, tr, par)
+    times = done.step_seconds
+    step_s = statistics.median(times[1:] if len(times) > 1 else times) if times and par.main else float("nan")
+    return _Stage(final, cfg.max_steps, done.seconds, step_s, done.resumed_from)
 
 
 __all__ = ["MitigateResult", "StopTraining", "mitigate"]

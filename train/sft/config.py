@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 COMPONENTS: tuple[str, ...] = ("vision", "projector", "decoder", "embeddings")
 _LAYER_RE = re.compile(r"^layers?(\d+)(?:-(\d+))?$")
@@ -86,3 +89,22 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.max_seconds must be > 0 or None, got {self.max_seconds}")
         object.__setattr__(self, "freeze", parse_freeze(self.freeze))
         object.__setattr__(self, "betas", tuple(self.betas))
+
+
+# the CLI's defaults where they differ from the dataclass's (kept from before `--config` existed)
+CLI_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "batch_size": 8}
+
+
+def cli_config(path: str | Path | None, flags: dict[str, Any]) -> SFTConfig:
+    """`train sft`'s config: the CLI defaults, then the --config file's fields (YAML/JSON), then the flags given."""
+    from probe.config import ConfigError, build, read_config
+
+    if path is None:
+        base = SFTConfig(**CLI_DEFAULTS)
+    else:
+        cfg = read_config(path, what="SFT config")
+        base = build(SFTConfig, {**CLI_DEFAULTS, **cfg.data}, where=cfg.where, what="SFT config")
+    try:
+        return dataclasses.replace(base, **flags)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"train sft: {err}") from None

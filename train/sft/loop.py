@@ -1,11 +1,8 @@
-"""The SFT loop: AdamW over adapter-built batches, with checkpoints, a loss log and resume."""
+"""SFT: the task loss (answer tokens' cross-entropy) on the one training loop of `train.trainer`."""
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,13 +12,17 @@ import torch
 from probe.data.example import Example
 from probe.models.base import ModelAdapter
 from probe.models.loading import save_processor
-from probe.progress import progress_bar
 from train.sft.config import SFTConfig
 from train.sft.freeze import apply_freeze, lora_target_modules
-from train.sft.state import has_state, load_state, restore_trainable, save_state, save_trainable
+from train.trainer import (
+    LoopSettings, Objective, Parallel, StopTraining, batch_indices, data_fingerprint, run_loop, write_final, writer_lock,
+)
+from train.trainer import total_steps as _total_steps
 
 CHECKPOINTS = "checkpoints"
-LEGACY_STATE = "trainer_state.pt"  # pickled: never loaded (unpickling a crafted file runs code)
+# what a checkpoint may be resumed with although it differs: how long, how often, where, how fast
+RUN_ONLY = frozenset({"max_steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "device", "threads",
+                      "max_seconds"})
 
 
 @dataclass
@@ -35,77 +36,9 @@ class SFTResult:
     resumed_from: int
 
 
-class StopTraining(Exception):
-    """Raised by a callback to stop after the current step (used to simulate an interruption)."""
-
-
 def total_steps(n_examples: int, config: SFTConfig) -> int:
     """Number of optimizer steps for a dataset of `n_examples`."""
-    if config.max_steps is not None:
-        return config.max_steps
-    return max(1, math.ceil(config.epochs * n_examples / config.batch_size))
-
-
-def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Example indices of optimizer step `step`: a fresh seeded permutation per epoch (resume-safe)."""
-    per_epoch = max(1, n // batch_size) if n >= batch_size else 1
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    if n < batch_size:
-        return perm
-    return perm[k * batch_size : (k + 1) * batch_size]
-
-
-def _device(config: SFTConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    root = out_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    steps = [p for p in root.iterdir() if p.name.startswith("step-") and p.name[5:].isdigit()]
-    legacy = [p for p in steps if (p / LEGACY_STATE).is_file() and not has_state(p)]
-    if legacy:
-        raise ValueError(f"checkpoint {legacy[0]} holds a pickled trainer_state.pt, which is never loaded "
-                         "(it could run code); rerun with --no-resume or delete that folder")
-    found = [p for p in steps if has_state(p)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_model(model: torch.nn.Module, processor: object, path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    if processor is not None and hasattr(processor, "save_pretrained"):
-        save_processor(processor, path)
-
-
-def _save_checkpoint(out_dir: Path, step: int, model, processor, opt, sched, config: SFTConfig) -> None:
-    path = out_dir / CHECKPOINTS / f"step-{step}"
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _save_model(model, processor, tmp)
-    save_trainable(_trainable(model), tmp)
-    save_state({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "config": asdict(config)}, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a checkpoint is visible only once complete
-    for old in _checkpoints(out_dir)[: -config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, model, opt, sched) -> int:
-    restore_trainable(_trainable(model), path)
-    state = load_state(path)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return _total_steps(n_examples, config.batch_size, config.epochs, config.max_steps)
 
 
 def prepare_model(adapter: ModelAdapter, config: SFTConfig) -> torch.nn.Module:
@@ -125,6 +58,38 @@ def prepare_model(adapter: ModelAdapter, config: SFTConfig) -> torch.nn.Module:
     return get_peft_model(adapter.model, lora)
 
 
+class SFTObjective(Objective):
+    """The answer tokens' mean cross-entropy over the whole batch (each process's share weighted by its tokens)."""
+
+    log_name = "loss.jsonl"
+
+    def __init__(self, adapter: ModelAdapter, model: torch.nn.Module, examples: Sequence[Example], config: SFTConfig,
+                 device: torch.device) -> None:
+        self.adapter, self.model, self.examples, self.config, self.device = adapter, model, examples, config, device
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def batch(self, step: int) -> list[Example]:
+        cfg = self.config
+        return [self.examples[i] for i in batch_indices(len(self.examples), step, cfg.batch_size, cfg.seed)]
+
+    def loss(self, batch: list[Example], par: Parallel) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = self.adapter.build_inputs(batch, padding_side=self.config.padding_side).to(self.device)
+        loss = self.model(**inputs.inputs, labels=inputs.labels).loss
+        if par.world > 1:  # a mean over this shard's answer tokens -> its share of the batch's mean
+            local = int((inputs.labels[:, 1:] != -100).sum())
+            loss = loss * (local / par.sum(local))
+        return loss, {"loss": float(loss.detach())}
+
+    def write_final(self, folder: Path) -> None:
+        self.model.eval()
+        self.model.save_pretrained(folder, safe_serialization=True)
+        if self.adapter.processor is not None and hasattr(self.adapter.processor, "save_pretrained"):
+            save_processor(self.adapter.processor, folder)
+        (folder / "sft_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+
+
 def sft(
     adapter: ModelAdapter,
     examples: Sequence[Example],
@@ -137,8 +102,11 @@ def sft(
 ) -> SFTResult:
     """Fine-tune `adapter.model` on `examples`; writes checkpoints, loss.jsonl and the final model to out_dir.
 
-    The final model is `out_dir/final` (save_pretrained; a PEFT adapter folder when LoRA).
-    With `resume`, training continues from the newest complete checkpoint in out_dir.
+    The final model is `out_dir/final` (save_pretrained; a PEFT adapter folder when LoRA), written aside and
+    renamed into place. With `resume`, training continues from the newest complete checkpoint in out_dir,
+    which must have been trained with the same settings and examples (else one-line ValueError). One process
+    writes out_dir at a time (a second is refused in one line); under torchrun / accelerate each process
+    trains on its shard of every batch.
     """
     if not examples:
         raise ValueError("sft: no training examples")
@@ -146,67 +114,32 @@ def sft(
     if missing:
         raise ValueError(f"sft: example {missing[0]!r} has no answer ({len(missing)} without answers)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = _device(config)
-    model = prepare_model(adapter, config).to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"sft: nothing to train (freeze={config.freeze})")
-    opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    warm = config.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    n_steps = total_steps(len(examples), config)
-    start = 0
-    ckpts = _checkpoints(out) if resume else []
-    if ckpts:
-        start = _load_checkpoint(ckpts[-1], model, opt, sched)
-    log_path = out / "loss.jsonl"
-    if start == 0:
-        log_path.unlink(missing_ok=True)
-    else:
-        _truncate_log(log_path, start)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = progress_bar(range(start, n_steps), initial=start, total=n_steps, desc="sft", disable=not progress)
-    with log_path.open("a", encoding="utf-8") as log:
-        for step in bar:
-            batch = [examples[i] for i in batch_indices(len(examples), step, config.batch_size, config.seed)]
-            inputs = adapter.build_inputs(batch, padding_side=config.padding_side).to(device)
-            loss = model(**inputs.inputs, labels=inputs.labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            sched.step()
-            value = float(loss.detach())
-            losses.append(value)
-            done = step + 1
-            if done % config.log_every == 0 or done == n_steps:
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)  # shown at the bar's own interval (30 s in logs)
-                log.write(json.dumps({"step": done, "loss": value, "lr": sched.get_last_lr()[0],
-                                      "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
-                log.flush()
-            if done % config.checkpoint_every == 0 and done < n_steps:
-                _save_checkpoint(out, done, model, adapter.processor, opt, sched, config)
-            if callback is not None:
-                callback(done, value)
-            if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
-                n_steps = done
-                break
-    model.eval()
-    _save_model(model, adapter.processor, out / "final")
-    (out / "final" / "sft_config.json").write_text(json.dumps(asdict(config), indent=1))
-    return SFTResult(out, n_steps, losses, time.perf_counter() - t0, start)
+    par = Parallel(config.device)
+    with writer_lock(out, "train sft", par):
+        par.barrier()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        model = prepare_model(adapter, config).to(par.device)
+        model.train()
+        objective = SFTObjective(adapter, model, examples, config, par.device)
+        params = list(objective.trainable().values())
+        if not params:
+            raise ValueError(f"sft: nothing to train (freeze={config.freeze})")
+        opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        warm = config.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        settings = LoopSettings(total_steps(len(examples), config), config.checkpoint_every, config.keep_checkpoints,
+                                log_every=config.log_every, grad_clip=config.grad_clip, max_seconds=config.max_seconds,
+                                cumulative_seconds=True, desc="sft")
+        fingerprint = {**{k: v for k, v in asdict(config).items() if k not in RUN_ONLY},
+                       "examples": data_fingerprint(examples)}
+        done = run_loop(out, objective, opt, settings, sched=sched, fingerprint=fingerprint, par=par, resume=resume,
+                        callback=(lambda step, row: callback(step, row["loss"])) if callback is not None else None,
+                        progress=progress)
+        model.eval()
+        write_final(out, objective, par)
+    return SFTResult(out, done.steps, done.losses, done.seconds, done.resumed_from)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after `step` (written after the checkpoint we resume from)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+__all__ = ["SFTObjective", "SFTResult", "StopTraining", "batch_indices", "prepare_model", "sft", "total_steps"]

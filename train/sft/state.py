@@ -14,20 +14,36 @@ STATE_TENSORS = "trainer_state.safetensors"
 TRAINABLE = "trainable.safetensors"
 
 
-def save_state(state: Any, folder: str | Path) -> None:
-    """Write a nested structure of dicts, lists, tuples, numbers, strings, None and tensors to `folder`."""
+def _names(stem: str) -> tuple[str, str]:
+    return f"{stem}.json", f"{stem}.safetensors"
+
+
+def save_state(state: Any, folder: str | Path, *, stem: str = "trainer_state") -> None:
+    """Write a nested structure of dicts, lists, tuples, numbers, strings, None and tensors to `folder`
+    (`stem`.json + `stem`.safetensors)."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
     folder = Path(folder)
-    save_file(tensors, folder / STATE_TENSORS)
-    (folder / STATE_JSON).write_text(json.dumps(tree))
+    json_name, tensor_name = _names(stem)
+    save_file(tensors, folder / tensor_name)
+    (folder / json_name).write_text(json.dumps(tree))
 
 
-def load_state(folder: str | Path) -> Any:
+def load_state(folder: str | Path, *, stem: str = "trainer_state") -> Any:
     """Read what `save_state` wrote (data only: JSON and safetensors)."""
     folder = Path(folder)
-    tensors = load_file(folder / STATE_TENSORS)
-    return _decode(json.loads((folder / STATE_JSON).read_text()), tensors)
+    json_name, tensor_name = _names(stem)
+    tensors = load_file(folder / tensor_name)
+    path = folder / json_name
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+        return _decode(tree, tensors)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: damaged trainer state ({err.msg}); delete {folder} "
+                         "to resume from an earlier checkpoint, or rerun with --no-resume") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: damaged trainer state ({type(err).__name__}: {err}); delete {folder} "
+                         "to resume from an earlier checkpoint, or rerun with --no-resume") from None
 
 
 def save_trainable(params: dict[str, torch.nn.Parameter], folder: str | Path) -> None:
@@ -48,9 +64,9 @@ def restore_trainable(params: dict[str, torch.nn.Parameter], folder: str | Path)
             p.copy_(tensors[n].to(p.device, p.dtype))
 
 
-def has_state(folder: str | Path) -> bool:
-    """Whether `folder` holds a complete trainer state."""
-    return (Path(folder) / STATE_JSON).is_file() and (Path(folder) / STATE_TENSORS).is_file()
+def has_state(folder: str | Path, *, stem: str = "trainer_state") -> bool:
+    """Whether `folder` holds a complete state written under `stem`."""
+    return all((Path(folder) / name).is_file() for name in _names(stem))
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import make_dataset, make_eval, write_trace_store
+from conftest import make_dataset, make_eval, write_trace_store  # noqa: F401  (make_eval: kept for other tests' use)
 from probe.analysis import AnalysisConfig, BootstrapConfig, KeyspaceConfig, ProbeConfig
 from probe.report import compare
 from probe.report.summary import eval_table
