@@ -22,7 +22,6 @@ from probe.capture._attn_math import MaskSource
 from probe.capture.attention_hook import Attachment, AttentionCall, Output, Proceed, attach
 from probe.segments import Segment
 
-from probe.vocab import QUERY_SOURCES as SOURCES  # one definition (probe.vocab)
 _UNSUPPORTED_KWARGS = ("position_bias", "s_aux", "sinks")
 
 

@@ -17,7 +17,6 @@ from probe.capture.taps import plan_taps, tap
 from probe.models.base import ModelAdapter, ModelInputs
 from probe.segments import Segment
 
-from probe.vocab import QUERY_SOURCES as SOURCES  # one definition (probe.vocab)
 
 
 class Capture:

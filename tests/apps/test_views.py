@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from probe.analysis.stats import BootstrapConfig, bootstrap_scalar_ci
 from probe.segments import Segment

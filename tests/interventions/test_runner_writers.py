@@ -5,8 +5,6 @@ run; folders left by a kill or by the old runner resume or are refused in one li
 from __future__ import annotations
 
 import errno
-import json
-import os
 import random
 import signal
 import subprocess
