@@ -154,13 +154,15 @@ def dashboard_cmd(
 ) -> None:
     """Serve the Streamlit dashboard over the stores under ROOT (needs `pip install -e '.[apps]'`)."""
     import importlib.util
-    import subprocess
     import sys
+
+    from probe.child import run_child
 
     if importlib.util.find_spec("apps") is None or importlib.util.find_spec("streamlit") is None:
         raise typer.BadParameter("the dashboard needs the apps extra: pip install -e '.[apps]'")
-    # probe never imports apps (import-linter contract): the dashboard runs as its own program
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "apps", str(root), "--port", str(port), "--host", host]))
+    # probe never imports apps (import-linter contract): the dashboard runs as its own program; a signal that ends this
+    # command is passed on to it, and this command ends only when the server has stopped
+    raise typer.Exit(run_child([sys.executable, "-m", "apps", str(root), "--port", str(port), "--host", host]))
 
 
 @data_app.command("synth")
