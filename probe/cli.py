@@ -128,12 +128,14 @@ def compare_cmd(
     from probe.store.check import explain_read_error
 
     _check_report_out(out)
-    for path in (before, after):
-        st = TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
-        if save:
+    # a non-store path fails here in one line, before any analysis; the analyses read these opened stores, so a
+    # save's fingerprint records the examples they read, not what a capture still running added meanwhile
+    stores = [TraceStore.open(path) for path in (before, after)]
+    if save:
+        for st in stores:
             fingerprint(st)  # a store being written is refused now, not after the analyses
     try:
-        compare(before, after, out, out.with_suffix(".json"), intersect=intersect, save_to=after if save else None)
+        compare(*stores, out, out.with_suffix(".json"), intersect=intersect, save_to=stores[1] if save else None)
     except Exception as err:  # a damaged chunk shows deep in dask with no file name: find and name it
         raise explain_read_error(err, [before, after]) or err
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
