@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from probe.child import run_child
+
 APP_FILE = Path(__file__).with_name("dashboard.py")
 
 
@@ -23,15 +25,14 @@ def server_command(root: str | Path, port: int = 8501, host: str = "127.0.0.1") 
 
 
 def launch(root: str | Path, port: int = 8501, host: str = "127.0.0.1", wait: bool = True) -> subprocess.Popen | int:
-    """Serve the dashboard; with ``wait`` block until it stops and return its exit code, else return the process."""
-    proc = subprocess.Popen(server_command(root, port, host))
+    """Serve the dashboard; with ``wait`` block until it stops and return its exit code, else return the process.
+
+    With ``wait``, SIGTERM/SIGINT/SIGHUP sent to this process are passed to the server, and this returns only once the
+    server has stopped (its port free), so ending the launcher never leaves the server running."""
+    argv = server_command(root, port, host)
     if not wait:
-        return proc
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return subprocess.Popen(argv)
+    return run_child(argv)
 
 
 def wait_until_ready(port: int, host: str = "127.0.0.1", timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

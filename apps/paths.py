@@ -20,14 +20,63 @@ def resolve_under_root(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
     text = str(rel).strip()
     if not text:
         raise PathRefused("refused: empty path")
+    bad = sorted({c for c in text if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF or c == "\ufffd"})
+    if bad:
+        raise PathRefused(f"refused: {text!r} holds characters a path under ROOT may not have: {', '.join(map(repr, bad))}")
     parts = Path(text).parts
     if ".." in parts:
         raise PathRefused(f"refused: {text!r} contains '..'; give a path under ROOT {root_real}")
     candidate = Path(text) if Path(text).is_absolute() else root_real / text
-    real = candidate.resolve(strict=False)
-    if real != root_real and root_real not in real.parents:
+    try:
+        real = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as err:  # a name too long, a symlink loop
+        raise PathRefused(f"refused: {text!r} cannot be resolved ({err.strerror if isinstance(err, OSError) else err})") from None
+    if not _under(real, root_real):
         raise PathRefused(f"refused: {text!r} resolves to {real}, outside ROOT {root_real}")
     return real
+
+
+def _under(real: Path, root_real: Path) -> bool:
+    return real == root_real or root_real in real.parents
+
+
+def check_tree_under_root(root: str | os.PathLike, folder: Path) -> None:
+    """PathRefused (one line) if any entry below ``folder`` (a store or result folder, already ROOT-checked) is a
+    symlink that leads outside ROOT: every file the dashboard reads from it must resolve under ROOT.
+
+    Symlinked folders that stay under ROOT are searched too (once each); reads only directory entries, no file."""
+    root_real = Path(root).resolve(strict=True)
+    seen: set[Path] = set()
+    stack = [Path(folder).resolve()]
+    while stack:
+        here = stack.pop()
+        if here in seen:
+            continue
+        seen.add(here)
+        try:
+            entries = list(os.scandir(here))
+        except OSError as err:
+            raise PathRefused(f"refused: {here} cannot be listed ({err.strerror})") from None
+        for entry in entries:
+            if entry.is_symlink():
+                try:
+                    real = Path(entry.path).resolve(strict=False)
+                except (OSError, RuntimeError):
+                    raise PathRefused(f"refused: {_shown(entry.path, root_real)} is a symlink that cannot be resolved") from None
+                if not _under(real, root_real):
+                    raise PathRefused(f"refused: {_shown(entry.path, root_real)} is a symlink to {real}, outside ROOT "
+                                      f"{root_real}")
+                if real.is_dir():
+                    stack.append(real)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+
+
+def _shown(path: str, root_real: Path) -> str:
+    try:
+        return repr(str(Path(path).relative_to(root_real)))
+    except ValueError:
+        return repr(path)
 
 
 def _zarr_meta(path: Path) -> dict | None:
@@ -66,7 +115,8 @@ def discover(root: str | os.PathLike, max_depth: int = 4) -> dict[str, list[str]
         found["manifests"] += [str((here / f).relative_to(root_real)) for f in filenames
                                if f.endswith(".jsonl") and not (here / f).is_symlink()]
         depth = len(here.relative_to(root_real).parts)
-        meta = _zarr_meta(here) if here != root_real else None
+        # a zarr.json that is itself a symlink out of ROOT is not read
+        meta = _zarr_meta(here) if here != root_real and _under((here / "zarr.json").resolve(), root_real) else None
         if meta is not None:
             rel = str(here.relative_to(root_real))
             if _is_store(meta):

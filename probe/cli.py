@@ -48,11 +48,21 @@ def capture_cmd(
 
 
 @app.command("info")
-def info_cmd(store: Path = typer.Argument(..., help="TraceStore folder")) -> None:
+def info_cmd(
+    store: Path = typer.Argument(..., help="TraceStore folder"),
+    check: bool = typer.Option(False, "--check", help="also read every chunk file and name the first that does not decode"),
+) -> None:
     """Print a store's schema, sizes and provenance."""
     from probe.store import TraceStore
+    from probe.store.check import find_unreadable
+    from probe.store.schema import InvalidStoreError
 
     typer.echo(TraceStore.open(store).summary())
+    if check:
+        damaged = find_unreadable(store)
+        if damaged:
+            raise InvalidStoreError(damaged)
+        typer.echo("  check: every chunk file reads")
 
 
 @app.command("eval")
@@ -94,6 +104,7 @@ def analyze_cmd(
     from probe.report import report
     from probe.store import TraceStore
 
+    _check_report_out(out)
     for path in (store, baseline):
         if path is not None:
             TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
@@ -111,13 +122,30 @@ def compare_cmd(
                               "(the dashboard's overview reads its verdict from there)"),
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
+    from probe.analysis.saved import fingerprint
     from probe.report import compare
     from probe.store import TraceStore
+    from probe.store.check import explain_read_error
 
-    for path in (before, after):
-        TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
-    compare(before, after, out, out.with_suffix(".json"), intersect=intersect, save_to=after if save else None)
+    _check_report_out(out)
+    # a non-store path fails here in one line, before any analysis; the analyses read these opened stores, so a
+    # save's fingerprint records the examples they read, not what a capture still running added meanwhile
+    stores = [TraceStore.open(path) for path in (before, after)]
+    if save:
+        for st in stores:
+            fingerprint(st)  # a store being written is refused now, not after the analyses
+    try:
+        compare(*stores, out, out.with_suffix(".json"), intersect=intersect, save_to=stores[1] if save else None)
+    except Exception as err:  # a damaged chunk shows deep in dask with no file name: find and name it
+        raise explain_read_error(err, [before, after]) or err
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _check_report_out(out: Path) -> None:
+    """--out is the HTML report; its JSON summary goes beside it, so --out must not itself end in .json."""
+    if out.suffix.lower() == ".json":
+        raise ValueError(f"--out {out}: the HTML report would be overwritten by the JSON summary written beside it; "
+                         f"give the HTML file (e.g. --out {out.with_suffix('.html')}) and the JSON goes to {out}")
 
 
 @app.command("dashboard")
@@ -128,13 +156,15 @@ def dashboard_cmd(
 ) -> None:
     """Serve the Streamlit dashboard over the stores under ROOT (needs `pip install -e '.[apps]'`)."""
     import importlib.util
-    import subprocess
     import sys
+
+    from probe.child import run_child
 
     if importlib.util.find_spec("apps") is None or importlib.util.find_spec("streamlit") is None:
         raise typer.BadParameter("the dashboard needs the apps extra: pip install -e '.[apps]'")
-    # probe never imports apps (import-linter contract): the dashboard runs as its own program
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "apps", str(root), "--port", str(port), "--host", host]))
+    # probe never imports apps (import-linter contract): the dashboard runs as its own program; a signal that ends this
+    # command is passed on to it, and this command ends only when the server has stopped
+    raise typer.Exit(run_child([sys.executable, "-m", "apps", str(root), "--port", str(port), "--host", host]))
 
 
 @data_app.command("synth")

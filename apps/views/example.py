@@ -146,7 +146,11 @@ def load_image(root: Path, rec: ExampleRecord, manifest: Path | None) -> tuple[n
     elif manifest is not None:
         from probe.data.manifest import read_manifest
 
-        found = {ex.id: ex.image for ex in read_manifest(manifest)}
+        try:
+            found = {ex.id: ex.image for ex in read_manifest(manifest)}
+        except (ValueError, OSError) as err:  # a bad manifest costs the picture, not the view
+            lines = str(err).strip().splitlines()
+            return None, f"no image: manifest {manifest.relative_to(root.resolve())} is unreadable ({lines[0] if lines else type(err).__name__})"
         source = found.get(rec.example)
     if source is None:
         return None, "no image: the store records no `image` path and no manifest lists this example (grey canvas)"

@@ -70,7 +70,7 @@ def check_pair(before: Any, after: Any) -> None:
     """Raise IncomparableStoresError (one line) when two TraceStores cannot be compared as they are."""
     sb, sa = _store(before), _store(after)
     if sb is not None and sa is not None:
-        sb.check_comparable(sa)
+        sb.check_comparable(sa, examples=True)  # other example sets only with intersect, said at the top
 
 
 def intersect(b: xr.Dataset, a: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset, list[str]]:
@@ -87,6 +87,11 @@ def intersect(b: xr.Dataset, a: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset, lis
     b, a = b[keep], a[keep]
     ib, ia = to_str(b["example"].values), to_str(a["example"].values)
     shared = [e for e in ib if e in set(ia)]
+    if not shared:  # nothing to compare: say so before any analysis runs
+        from probe.store import IncomparableStoresError
+
+        raise IncomparableStoresError(f"the stores share no example id ({len(ib)} before, {len(ia)} after): "
+                                      "capture both from the same manifest")
     if len(shared) < len(ib) or len(shared) < len(ia):
         notes.append(f"examples: {len(shared)} shared ({len(ib)} before, {len(ia)} after)")
         b, a = b.sel(example=shared), a.sel(example=shared)

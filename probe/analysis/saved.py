@@ -53,10 +53,18 @@ def _group_stamp(folder: Path) -> str | None:
 
 def fingerprint(store: Any) -> dict[str, Any]:
     """What identifies a TraceStore's content: its identity attrs (weights, capture spec), creation time, committed
-    examples, and a stamp of each group the analyses read (eval, vocab). A copy that keeps file times keeps it."""
+    examples, and a stamp of each group the analyses read (eval, vocab). A copy that keeps file times keeps it.
+
+    A TraceStore object gives the committed count it was opened with (what a computation on it read). A store that
+    another process is writing is refused (StoreLockedError, one line): results computed from it would describe a
+    state it has already left, and a fingerprint taken now would pass them off as current."""
+    from probe.store.lock import StoreLockedError, held_elsewhere
     from probe.store.schema import identity_attrs
 
     st = _trace_store(store)
+    if held_elsewhere(st.path):
+        raise StoreLockedError(f"store {st.path} is being written by another process: results computed from it are not "
+                               "saved or read as current; rerun when the writer has finished")
     attrs = st.attrs
     return {"identity": identity_attrs(attrs), "created": attrs.get("created"), "examples": st.n_examples,
             "groups": {g: _group_stamp(st.path / g) for g in _input_groups()}}
@@ -82,6 +90,7 @@ def write_index(st: Any, prefix: str, entries: list[dict[str, Any]], skipped: di
 def saved_index(path: Any, prefix: str, sources: dict[str, Any]) -> xr.Dataset:
     """The index group of the results saved in store `path` under `prefix`, if they were computed from `sources`
     ({"before": store, "after": store} or {"store": store}) as they are now; SavedResultsError (one line) if not."""
+    from probe.store.lock import StoreLockedError
     from probe.store.schema import first_difference
 
     st = _trace_store(path)
@@ -98,7 +107,10 @@ def saved_index(path: Any, prefix: str, sources: dict[str, Any]) -> xr.Dataset:
     if set(saved) != set(sources):
         raise SavedResultsError(f"the results saved in {where} are of stores {sorted(saved)}, not {sorted(sources)}")
     for role, store in sources.items():
-        now = json.loads(json.dumps(fingerprint(store), sort_keys=True, default=str))
+        try:
+            now = json.loads(json.dumps(fingerprint(store), sort_keys=True, default=str))
+        except StoreLockedError as err:
+            raise SavedResultsError(str(err)) from None
         diff = first_difference(saved[role], now)
         if diff is not None:
             raise SavedResultsError(f"the results saved in {where} were computed from another {role} store, or from "

@@ -58,6 +58,8 @@ class _Page:
 def _describe(obj: Any) -> str:
     if isinstance(obj, (str, Path)):
         return str(obj)
+    if hasattr(obj, "path") and hasattr(obj, "n_examples"):  # a TraceStore opened by the caller
+        return str(obj.path)
     ds = getattr(obj, "dataset", obj)
     return f"{ds.attrs.get('model_id', '?')} ({ds.sizes.get('example', '?')} examples)"
 

@@ -111,3 +111,21 @@ def store_lock(folder: str | os.PathLike, purpose: str) -> Iterator[StoreLock]:
         yield lock
     finally:
         release(lock)
+
+
+def held_elsewhere(folder: str | os.PathLike) -> bool:
+    """Whether another process is writing the store at `folder` now (its lock is held, not by this process)."""
+    with _GUARD:
+        if os.path.realpath(folder) in _HELD:
+            return False
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared probe: taken and given back at once
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+    return False

@@ -24,7 +24,9 @@ from probe.store.schema import (
     MARKER_ATTR,
     SKIPPED_ATTR,
     SCHEMA_VERSION,
+    READABLE_SCHEMA_VERSIONS,
     IncomparableStoresError,
+    InvalidStoreError,
     Layout,
     StoreMismatchError,
     NotAStoreError,
@@ -58,8 +60,12 @@ class _CommittedView(WrapperStore[LocalStore]):
         return buf
 
 
-def read_group_attrs(path: Path) -> dict[str, Any]:
-    """The group attributes of the store at ``path``; NotAStoreError if it is not a TraceStore."""
+def read_group_attrs(path: Path, validate: bool = True) -> dict[str, Any]:
+    """The group attributes of the store at ``path``; NotAStoreError if it is not a TraceStore.
+
+    With ``validate`` (the default), InvalidStoreError (one line naming the attribute or array) unless the store's own
+    attributes are consistent with its arrays (see `validate_attrs`); nothing is modified either way.
+    """
     meta_file = path / "zarr.json"
     if not meta_file.is_file():
         why = "does not exist" if not path.exists() else "is not a zarr v3 group (no zarr.json)"
@@ -68,10 +74,58 @@ def read_group_attrs(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
         raise NotAStoreError(f"not a TraceStore: {path}/zarr.json is unreadable ({err})") from None
-    attrs = meta.get("attributes") or {}
-    if meta.get("node_type") != "group" or MARKER_ATTR not in attrs or LAYOUT_ATTR not in attrs:
+    attrs = (meta.get("attributes") or {}) if isinstance(meta, dict) else {}
+    if not isinstance(attrs, dict) or meta.get("node_type") != "group" or MARKER_ATTR not in attrs or LAYOUT_ATTR not in attrs:
         raise NotAStoreError(f"not a TraceStore: {path} is a zarr node without the {MARKER_ATTR!r} marker")
+    if validate:
+        validate_attrs(path, attrs)
     return attrs
+
+
+def validate_attrs(path: Path, attrs: dict[str, Any]) -> None:
+    """InvalidStoreError (one line) unless a store's attributes can be trusted: a schema version this reader knows, a
+    layout that parses, a committed count that is an integer within every example array's rows, a JSON skipped list."""
+    where = f"store {path}"
+    version = str(attrs[MARKER_ATTR])
+    if version not in READABLE_SCHEMA_VERSIONS:
+        newer = version.isdigit() and int(version) > int(READABLE_SCHEMA_VERSIONS[-1])
+        raise InvalidStoreError(
+            f"{where}: attribute {MARKER_ATTR!r} is store schema version {version!r}, "
+            + (f"newer than this visblind reads ({', '.join(READABLE_SCHEMA_VERSIONS)}): upgrade visblind to open it"
+               if newer else f"not one this visblind knows ({', '.join(READABLE_SCHEMA_VERSIONS)})"))
+    try:
+        layout = Layout.from_json(attrs[LAYOUT_ATTR])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise InvalidStoreError(f"{where}: attribute {LAYOUT_ATTR!r} is not a valid layout ({_first_line(err)})") from None
+    n = attrs.get(COMMITTED_ATTR)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidStoreError(f"{where}: attribute {COMMITTED_ATTR!r} (the committed example count) is {n!r}, "
+                                "not a count >= 0; the store was edited or damaged and is not opened")
+    for name in ["example", *layout.example_coords, *layout.variables]:
+        meta_file = path / name / "zarr.json"
+        try:
+            shape = json.loads(meta_file.read_text())["shape"]
+            rows = int(shape[0])
+        except FileNotFoundError:
+            raise InvalidStoreError(f"{where}: array {name!r} of its layout is missing ({meta_file} not found)") from None
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+            raise InvalidStoreError(f"{where}: {meta_file} is unreadable ({_first_line(err)})") from None
+        if rows < n:
+            raise InvalidStoreError(
+                f"{where}: attribute {COMMITTED_ATTR!r} says {n} examples are committed but array {name!r} holds {rows} "
+                "rows; the store was edited or damaged and is not opened (nothing was changed)")
+    try:
+        skipped = json.loads(attrs.get(SKIPPED_ATTR, "[]"))
+        if not isinstance(skipped, list) or not all(isinstance(s, dict) and {"example", "reason"} <= set(s) for s in skipped):
+            raise ValueError("not a list of {example, reason}")
+    except (TypeError, ValueError) as err:
+        raise InvalidStoreError(f"{where}: attribute {SKIPPED_ATTR!r} is not a JSON list of skipped examples "
+                                f"({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def check_schema_version(path: str | os.PathLike) -> None:
@@ -94,7 +148,7 @@ class TraceStore:
     def exists(path: str | os.PathLike) -> bool:
         """Whether ``path`` holds a TraceStore (possibly interrupted, still resumable)."""
         try:
-            read_group_attrs(Path(path))
+            read_group_attrs(Path(path), validate=False)  # a damaged store is still one: opening it says what is wrong
         except NotAStoreError:
             return False
         return True
@@ -152,8 +206,9 @@ class TraceStore:
             raise KeyError(f"store {self.path} has no capture_spec attr")
         return json.loads(self._attrs["capture_spec"])
 
-    def check_comparable(self, other: "TraceStore") -> None:
-        """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up."""
+    def check_comparable(self, other: "TraceStore", examples: bool = False) -> None:
+        """Raise IncomparableStoresError (one line) unless the two stores' dims, coords and capture specs line up and
+        (with ``examples``) they hold the same example ids; stores sharing no example id are refused either way."""
         a, b = self.layout, other.layout
         where = f"stores {self.path} and {other.path}"
         va, vb = str(self._attrs.get(MARKER_ATTR)), str(other._attrs.get(MARKER_ATTR))
@@ -177,6 +232,22 @@ class TraceStore:
             if diff:
                 raise IncomparableStoresError(f"{where}: dim {dim!r} {diff}")
         self._check_same_tokens(other, where)
+        self.check_examples(other, same=examples)
+
+    def check_examples(self, other: "TraceStore", same: bool = True) -> None:
+        """IncomparableStoresError (one line, with the counts) when the stores share no example id, or (``same``) when
+        their example sets differ at all. Reads only the example ids."""
+        ids_a, ids_b = set(self.example_ids), set(other.example_ids)
+        if not ids_a and not ids_b:
+            return  # two empty stores: only their layouts can be compared
+        shared = len(ids_a & ids_b)
+        where = f"stores {self.path} ({len(ids_a)} examples) and {other.path} ({len(ids_b)} examples)"
+        if not shared:
+            raise IncomparableStoresError(f"{where} share no example id: capture both from the same manifest")
+        if same and ids_a != ids_b:
+            raise IncomparableStoresError(
+                f"{where} hold different examples ({shared} shared, {len(ids_a) - shared} only in the first, "
+                f"{len(ids_b) - shared} only in the second): compare the {shared} shared with --intersect")
 
     def _check_same_tokens(self, other: "TraceStore", where: str, block: int = 512) -> None:
         """Shared examples must have the same token ids at their text positions (every non-visual, non-pad one)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = "2"  # 2: input_ids/token, group coord, one layer selection, groups, writer lock
+READABLE_SCHEMA_VERSIONS = ("1", "2")  # what this reader understands; a newer store is refused, not misread
 STORE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 EXAMPLE_COORD_DTYPES = ("str", "bool", "int64", "float64")
 # Group attributes owned by the store itself (not provenance).
@@ -38,6 +39,10 @@ class StoreMismatchError(StoreError):
 
 class IncomparableStoresError(StoreError):
     """Two stores whose dims, coords or capture specs do not line up."""
+
+
+class InvalidStoreError(StoreError):
+    """A store whose attributes or array metadata are inconsistent (hand-edited, damaged, or from a newer schema)."""
 
 
 @dataclass(frozen=True)

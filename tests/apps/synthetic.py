@@ -54,10 +54,10 @@ def layout(family: str, grid: int = 2) -> dict[str, np.ndarray]:
 def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0, visual_scale: float = 1.0,
                 keys: bool = True, pattern: bool = True, examples_per_chunk: int = 64, eval_group: bool = True,
                 image_coord: str | None = None, extra_position: int = 0, grid: int = 2, group_size: int = 0,
-                prompt: tuple[str, ...] | None = None) -> Path:
+                prompt: tuple[str, ...] | None = None, id_prefix: str = "ex", layers: tuple[int, ...] = LAYERS) -> Path:
     """A store of ``n`` examples (ids ex0..); langs en/ko alternate; the visual share is scaled by ``visual_scale``.
     ``group_size`` > 0: a `group` coordinate (the image) shared by that many consecutive examples; ``prompt``: the
-    token strings around the image (default PROMPT)."""
+    token strings around the image (default PROMPT); ``id_prefix``: ids {id_prefix}0..; ``layers``: the decoder layers."""
     rng = np.random.default_rng(seed)
     lay = layout(family, grid)
     n_vis = len(lay["tile"])
@@ -87,7 +87,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
         variables["attn_pattern"] = VariableSpec(("example", "layer", "head", "query", "position"), "float32", np.nan)
     if keys:
         variables["hook_rot_k"] = VariableSpec(("example", "layer", "kv_head", "position", "d_head"), "float32", np.nan)
-    coords = {"layer": list(LAYERS), "head": list(range(HEADS)), "kv_head": list(range(KV_HEADS)), "source": list(SOURCES),
+    coords = {"layer": list(layers), "head": list(range(HEADS)), "kv_head": list(range(KV_HEADS)), "source": list(SOURCES),
               "segment": list(SEGMENT_NAMES), "query": list(QUERIES), "position": list(range(n_pos))}
     ecoords = {"lang": "str", "condition": "str", "question_type": "str", "image_dependent": "bool", "label_colour": "str"}
     if image_coord is not None:
@@ -102,16 +102,16 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
     block = 512
     for start in range(0, n, block):
         k = min(block, n - start)
-        ids = [f"ex{i}" for i in range(start, start + k)]
+        ids = [f"{id_prefix}{i}" for i in range(start, start + k)]
         idx = np.arange(start, start + k)
         lang = np.where(idx % 2 == 0, "en", "ko")
         colour = colours[(idx // 2) % 3]
-        share = rng.dirichlet(np.ones(len(SEGMENT_NAMES)), size=(k, len(LAYERS), HEADS, len(SOURCES))).astype(np.float32)
+        share = rng.dirichlet(np.ones(len(SEGMENT_NAMES)), size=(k, len(layers), HEADS, len(SOURCES))).astype(np.float32)
         vi = SEGMENT_NAMES.index("visual")
         share[..., vi] *= visual_scale
-        pat = attention_rows(rng, k, seg, lay, visual_scale)
-        kk = np.full((k, len(LAYERS), KV_HEADS, n_pos, D_HEAD), np.nan, np.float32)  # pads stay NaN, as capture stores them
-        kk[..., seg != Segment.PAD, :] = rng.normal(size=(k, len(LAYERS), KV_HEADS, int((seg != Segment.PAD).sum()), D_HEAD))
+        pat = attention_rows(rng, k, seg, lay, visual_scale, len(layers))
+        kk = np.full((k, len(layers), KV_HEADS, n_pos, D_HEAD), np.nan, np.float32)  # pads stay NaN, as capture stores them
+        kk[..., seg != Segment.PAD, :] = rng.normal(size=(k, len(layers), KV_HEADS, int((seg != Segment.PAD).sum()), D_HEAD))
         kk[..., seg == Segment.VISUAL, :] += 3.0 * visual_scale
         data = {
             "segment_ids": np.tile(seg, (k, 1)),
@@ -124,7 +124,7 @@ def write_store(path: Path, n: int, family: str = "llava_anyres", seed: int = 0,
             "visual_col": np.tile(lay["col"], (k, 1)),
             "visual_box": np.tile(lay["box"], (k, 1, 1)), "visual_tile_box": np.tile(lay["tile_box"], (k, 1, 1)),
             "image_size": np.tile(lay["image_size"], (k, 1)),
-            "hook_resid_post": (rng.normal(size=(k, len(LAYERS), len(QUERIES), FEATURE))
+            "hook_resid_post": (rng.normal(size=(k, len(layers), len(QUERIES), FEATURE))
                                 + (np.searchsorted(colours, colour)[:, None, None, None] * visual_scale)).astype(np.float32),
         }
         if pattern:
@@ -153,10 +153,11 @@ def tokens(seg: np.ndarray, prompt: tuple[str, ...] = PROMPT) -> list[str]:
     return ["<image>" if s == Segment.VISUAL else "" if s == Segment.PAD else next(words) for s in seg]
 
 
-def attention_rows(rng: np.random.Generator, k: int, seg: np.ndarray, lay: dict, visual_scale: float) -> np.ndarray:
+def attention_rows(rng: np.random.Generator, k: int, seg: np.ndarray, lay: dict, visual_scale: float,
+                   n_layers: int = len(LAYERS)) -> np.ndarray:
     """Attention rows [k, layer, head, query, position]: a share 0.6 × visual_scale on the visual tokens, peaked on
     the image's top-left quadrant (sharper when visual_scale is high), the rest spread over the text."""
-    shape = (k, len(LAYERS), HEADS, len(QUERIES))
+    shape = (k, n_layers, HEADS, len(QUERIES))
     h, w = lay["image_size"]
     cx, cy = (lay["box"][:, 0] + lay["box"][:, 2]) / 2 / w, (lay["box"][:, 1] + lay["box"][:, 3]) / 2 / h
     focus = np.exp(-((cx - 0.25) ** 2 + (cy - 0.25) ** 2) / (0.05 / max(visual_scale, 0.05)))
