@@ -263,7 +263,7 @@ def _template(examples: list[Example], conditions: list, config: GridConfig, n_l
         "example": [e.id for e in examples],
         "example_lang": ("example", [e.lang for e in examples]),
         "example_question_type": ("example", [e.question_type for e in examples]),
-        "example_image_dependent": ("example", [bool(e.image_dependent) for e in examples]),
+        "example_image_dependent": ("example", [e.needs_image for e in examples]),
         "example_group": ("example", [str(getattr(e, "group", None) or _image_key(e)) for e in examples]),
     }
     if config.attention:

@@ -90,7 +90,7 @@ def _example_coords(batch: Sequence[Example], labels: list[str]) -> dict[str, li
         "lang": [ex.lang for ex in batch],
         "condition": [ex.condition for ex in batch],
         "question_type": [ex.question_type for ex in batch],
-        "image_dependent": [bool(ex.image_dependent) for ex in batch],
+        "image_dependent": [ex.needs_image for ex in batch],
         "group": [_group(ex) for ex in batch],
     }
     for k in labels:

@@ -62,7 +62,7 @@ def unit_of(ex: Example) -> str:
 
 def _image_dependent(ex: Example) -> bool:
     """Image-dependent unless the manifest says otherwise (a missing flag counts as dependent; the table says so)."""
-    return ex.image_dependent is not False
+    return ex.needs_image
 
 
 def _open(ex: Example) -> Image.Image:
