@@ -78,6 +78,8 @@ def _device(adapter: ModelAdapter) -> torch.device:
 def check_fits(adapter: ModelAdapter, inputs: ModelInputs, *, free: int | None = None) -> None:
     """BadExampleError naming the first row of `inputs` longer than the model's positions or needing more memory for
     its forward than is free (`free`: bytes, default measured on the model's device); before any forward."""
+    if getattr(adapter.model, "config", None) is None or next(adapter.model.parameters(), None) is None:
+        return  # a stand-in model without a config (tests' oracles): nothing to check against
     lengths = (inputs.segments != int(Segment.PAD)).sum(-1).tolist()
     limit = max_positions(adapter)
     for example_id, n in zip(inputs.example_ids, lengths):
