@@ -11,6 +11,7 @@ from probe.cli_errors import App
 
 app = App(root=True, no_args_is_help=True, help="Capture, evaluate and compare multimodal models.")
 data_app = App(no_args_is_help=True, help="Datasets: the synthetic bilingual benchmark.")
+OUTSIDE_HELP = "read manifest images outside the manifest's folder (absolute, ../ or symlinked paths; refused by default)"
 app.add_typer(data_app, name="data")
 
 
@@ -25,6 +26,7 @@ def capture_cmd(
     chunk: int = typer.Option(64, "--chunk", help="examples per zarr chunk (and per crash-safe commit)"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="from_pretrained device_map (e.g. auto) for a model larger than one device"),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help=OUTSIDE_HELP),
 ) -> None:
     """Record attention statistics, keys, residuals and projector outputs into a TraceStore.
 
@@ -42,7 +44,7 @@ def capture_cmd(
         if allow_pickle:
             loaded = load_model(model, lora_adapter=adapter, allow_pickle=True)
     store = capture(loaded, manifest, out, capture_spec, lora_adapter=adapter, skip_bad=skip_bad,
-                    examples_per_chunk=chunk, device_map=device_map)
+                    examples_per_chunk=chunk, device_map=device_map, allow_outside_paths=allow_outside_paths)
     if world().rank == 0:
         typer.echo(f"wrote {len(store.example_ids)} examples to {out}" + (f" ({len(store.skipped)} skipped)" if store.skipped else ""))
 
@@ -75,20 +77,24 @@ def eval_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
     choices: Optional[Path] = typer.Option(
         None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help=OUTSIDE_HELP),
 ) -> None:
     """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
     from rich.console import Console
 
     from probe.data.manifest import read_manifest
     from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
+    from probe.eval.target import eval_output
     from probe.models import load_model
 
-    examples = read_manifest(manifest)
-    ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
-                             batch_size=batch_size, choices_file=choices)
+    with eval_output(out):  # a store being written is refused before any work; held until the result is saved
+        examples = read_manifest(manifest, allow_outside_paths=allow_outside_paths)
+        ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
+                                 batch_size=batch_size, choices_file=choices)
+        if out is not None:
+            save_dependence(ds, out)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
     if out is not None:
-        save_dependence(ds, out)
         typer.echo(f"saved to {out} (group 'eval')")
 
 

@@ -18,6 +18,10 @@ DEBUG_ENV = "VISBLIND_DEBUG"
 # Errors that carry a user-facing one-line message; anything else is reported with its type (a bug).
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, ImportError)
 _state = {"debug": False}
+try:
+    from PIL.Image import DecompressionBombError as _PIL_BOMB
+except ImportError:  # pragma: no cover - PIL is a dependency
+    _PIL_BOMB = None
 
 
 class App(typer.Typer):
@@ -51,8 +55,8 @@ def one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
-            raise
+        except (click.exceptions.Exit, typer.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            raise  # typer.Exit is not click's Exit in typer >= 0.16: a command's own exit code is not an error
         except Exception as err:
             if debug_enabled():
                 raise
@@ -72,8 +76,17 @@ def describe(err: BaseException, params: dict[str, Any]) -> str:
     text = lines[0] if lines else type(err).__name__
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])
+        if not _is_sentence(err.args[0]):  # a bare key (`error: 99999`) says neither what nor where: a bug
+            return f"KeyError: {err.args[0]!r} (an unexpected error: rerun with --debug for the traceback)"
     if len(lines) > 1:
         text += f" (+{len(lines) - 1} more lines: --debug)"
+    if _PIL_BOMB is not None and isinstance(err, _PIL_BOMB):  # raised outside an example's image loading
+        return f"{text} (PIL's decompression-bomb guard, Image.MAX_IMAGE_PIXELS)"
     if not isinstance(err, _USER_ERRORS):
         return f"{type(err).__name__}: {text} (an unexpected error: rerun with --debug for the traceback)"
     return text
+
+
+def _is_sentence(value: object) -> bool:
+    """Whether a KeyError's argument is a message (words) rather than the bare key that was looked up."""
+    return isinstance(value, str) and " " in value.strip()

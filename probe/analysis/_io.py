@@ -48,8 +48,45 @@ def open_group(obj: Any, group: str) -> xr.Dataset | None:
 
 
 def open_eval(obj: Any) -> xr.Dataset | None:
-    """The behavioural `eval` group stored inside a store path (or TraceStore), or None."""
+    """The behavioural `eval` group stored inside a store path (or TraceStore), or None.
+
+    Loaded whole (it is small) from one version of the group: a `probe eval --out` replacing it meanwhile made a lazy
+    read mix the old metadata with the new chunks ("cannot reshape array of size 200 into shape (524,)").
+    """
+    path = obj.path if hasattr(obj, "path") and not isinstance(obj, (str, Path)) else obj
+    if isinstance(path, (str, Path)) and (Path(path) / "eval").exists():
+        return load_whole_group(Path(path), "eval")
     return open_group(obj, "eval")
+
+
+def load_whole_group(store: Path, group: str, tries: int = 5) -> xr.Dataset:
+    """Group `group` of the store loaded into memory from one version of it; StoreError (one line) when it keeps being
+    replaced while read, or cannot be read."""
+    from probe.store import StoreError
+
+    folder = store / group
+    for _ in range(tries):
+        before = _version(folder)
+        try:
+            ds: xr.Dataset | None = xr.open_zarr(store, group=group, consolidated=False).load()
+            err: Exception | None = None
+        except (ValueError, OSError, KeyError) as caught:  # e.g. the new version's chunks under the old metadata
+            ds, err = None, caught
+        if before is not None and _version(folder) == before:
+            if ds is not None:
+                return ds
+            raise StoreError(f"group {group!r} of store {store} is unreadable: {str(err).splitlines()[0]}") from None
+    raise StoreError(f"group {group!r} of store {store} was replaced by another process while it was read "
+                     "(a `probe eval --out` or `--save` into it?): rerun when that has finished")
+
+
+def _version(folder: Path) -> tuple[int, int] | None:
+    """Which copy of a group folder is in place: replacing a group renames a new folder there (a new inode)."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def require(ds: xr.Dataset, *names: str, where: str) -> None:

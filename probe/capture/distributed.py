@@ -77,7 +77,8 @@ def shares(examples: Sequence[Example], batch_size: int, n: int, *, batches: boo
 
 def data_parallel_capture(model: Any, examples: Sequence[Example] | str | Path, out: str | Path, spec: Any = None,
                           *, lora_adapter: str | Path | None = None, skip_bad: bool = False, progress: bool = True,
-                          examples_per_chunk: int = 64, device: Any = None, device_map: Any = None) -> TraceStore:
+                          examples_per_chunk: int = 64, device: Any = None, device_map: Any = None,
+                          allow_outside_paths: bool = True) -> TraceStore:
     """This process's part of a data-parallel capture (`capture`'s arguments); every rank returns the merged store."""
     from probe.capture.run import Loaded, _check_target, capture_local, read_examples
     from probe.capture.spec import CaptureSpec
@@ -85,7 +86,7 @@ def data_parallel_capture(model: Any, examples: Sequence[Example] | str | Path, 
     spec = spec or CaptureSpec()
     me, out = world(), Path(out)
     _check_target(out)  # a path that cannot become a store fails now, not after every rank's capture
-    examples, bad_lines, manifest = read_examples(examples, skip_bad)
+    examples, bad_lines, manifest = read_examples(examples, skip_bad, allow_outside_paths)
     if device is None and device_map is None:
         import torch
 

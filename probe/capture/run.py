@@ -19,6 +19,7 @@ from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
 from probe.data.manifest import read_manifest, read_manifest_skipping
 from probe.models.base import BadExampleError, ModelAdapter, ModelInputs
+from probe.models.limits import check_fits
 from probe.progress import progress_bar
 from probe.provenance import checkpoint_weights_hash, provenance_attrs, weights_hash
 from probe.segments import SEGMENT_NAMES, Segment
@@ -64,6 +65,7 @@ def check_examples(adapter: ModelAdapter, examples: Sequence[Example], *, skip_b
     for ex in progress_bar(examples, desc="checking inputs", unit="ex", disable=not progress, leave=False):
         try:
             inputs = adapter.build_inputs([ex], padding_side="right")
+            check_fits(adapter, inputs)  # longer than the model's positions, or more memory than is free
             needs = example_needs(adapter, inputs)
             for rule, (dim, size) in (limits or {}).items():
                 if needs.get(rule, 0) > size:
@@ -157,12 +159,15 @@ def capture_local(
     examples_per_chunk: int = 64,
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
+    allow_outside_paths: bool = True,
 ) -> TraceStore:
     """`capture` in this process alone, whatever the launcher's world size."""
     spec = spec or CaptureSpec()
     out = Path(out)
     resuming = _check_target(out)  # before loading anything
-    examples, bad_lines, manifest = read_examples(examples, skip_bad)
+    examples, bad_lines, manifest = read_examples(examples, skip_bad, allow_outside_paths)
+    if not examples and not bad_lines and not resuming:
+        raise ValueError(f"no example to capture: {f'manifest {manifest}' if manifest else 'the example list'} holds none")
     loaded = Loaded.of(model, lora_adapter=lora_adapter, device=device, device_map=device_map)
     cap = Capture(loaded.adapter, spec)
     attrs = provenance_attrs(
@@ -195,16 +200,20 @@ capture.__doc__ = """Capture `examples` (a list or a JSONL manifest) from `model
     (the processor never sees the captured ones). A store is resumed by the same weights (hash), adapter
     and spec, whatever path the model is given by. Under torchrun / accelerate launch (WORLD_SIZE > 1)
     each process captures its share and the shards are merged (`probe.capture.distributed`).
-    `device` / `device_map` go to `load_model` when the model is given by path. Signature: `capture_local`'s.
+    `device` / `device_map` go to `load_model` when the model is given by path. `allow_outside_paths=False` (the
+    command line's default) refuses a manifest's images outside its folder. Signature: `capture_local`'s.
     """
 
 
-def read_examples(examples: Sequence[Example] | str | Path, skip_bad: bool
+def read_examples(examples: Sequence[Example] | str | Path, skip_bad: bool, allow_outside_paths: bool = True
                   ) -> tuple[list[Example], list[tuple[str, str]], str]:
-    """(examples, bad manifest lines, manifest path or ""): a manifest path is read, bad lines left out under skip_bad."""
+    """(examples, bad manifest lines, manifest path or ""): a manifest path is read, bad lines left out under skip_bad;
+    images outside the manifest's folder only with `allow_outside_paths`."""
     if isinstance(examples, Sequence) and not isinstance(examples, (str, Path)):
         return list(examples), [], ""
-    found, bad_lines = read_manifest_skipping(examples) if skip_bad else (read_manifest(examples), [])
+    allow = {"allow_outside_paths": allow_outside_paths}
+    found, bad_lines = (read_manifest_skipping(examples, **allow) if skip_bad
+                        else (read_manifest(examples, **allow), []))
     return found, bad_lines, str(examples)
 
 
@@ -235,7 +244,7 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
     checked.skipped[:0] = bad_lines
     max_positions = limits["position"][1] if limits else None
     if writer is None and not checked.examples:
-        raise ValueError("no example could be captured: " + "; ".join(f"{i}: {r}" for i, r in checked.skipped[:3]))
+        raise ValueError(_nothing_to_capture(examples, checked.skipped))
     labels = _label_names(checked.examples)
     if writer is not None:
         labels = [c[len("label_"):] for c in writer.layout.example_coords if c.startswith("label_")]
@@ -260,6 +269,15 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
     for example_id, reason in checked.skipped:
         writer.record_skipped(example_id, reason)
     return writer.close()
+
+
+def _nothing_to_capture(examples: Sequence[Example], skipped: Sequence[tuple[str, str]]) -> str:
+    """Why a new store would be empty: no examples given, or every one skipped (the first reasons named)."""
+    if not skipped:
+        return "no example to capture: the example list holds none"
+    shown = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
+    more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    return f"no example could be captured: all {len(skipped)} were skipped: {shown}{more}"
 
 
 @torch.inference_mode()

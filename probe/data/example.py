@@ -28,3 +28,8 @@ class Example:
     image_dependent: bool | None = None
     labels: dict[str, Any] = field(default_factory=dict)
     group: str | None = None
+
+    @property
+    def needs_image(self) -> bool:
+        """`image_dependent`, a missing flag (None) counting as image-dependent: the one reading of it (docs/manifest.md)."""
+        return self.image_dependent is not False

@@ -46,6 +46,8 @@ def examples_from_hf(
         if isinstance(image, str) and root is not None and not Path(image).is_absolute():
             image = root / image
         dep = get("image_dependent")
+        if dep is not None and not isinstance(dep, bool):  # bool("false") is True: refuse, as manifests do
+            raise ValueError(f"dataset row {i}: column {columns['image_dependent']!r} must hold booleans, got {dep!r}")
         out.append(
             Example(
                 id=str(get("id", i)),

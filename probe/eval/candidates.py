@@ -68,6 +68,8 @@ def checked_choices(choices: Sequence[str], where: str) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for c in out:
         key = normalise(c)
+        if not key:  # an empty answer would be ranked like any other
+            raise ValueError(f"{where}: candidate {c!r} is empty after normalisation")
         if key in seen:
             raise ValueError(f"{where}: candidates {seen[key]!r} and {c!r} are the same answer after normalisation")
         seen[key] = c
@@ -108,6 +110,9 @@ def plan_candidates(
         else:
             answers = sorted({normalise(examples[i].answer): examples[i].answer for i in idx
                               if examples[i].answer is not None}.items())
+            blank = next((examples[i] for i in idx if examples[i].answer is not None and not normalise(examples[i].answer)), None)
+            if blank is not None:  # it would become a ranked candidate nobody can name
+                raise ValueError(f"example {blank.id!r}: answer {blank.answer!r} is empty after normalisation")
             shared = (Candidates(tuple(a for _, a in answers), "manifest") if 2 <= len(answers) <= max_choices
                       else Candidates(None, "none"))
             plans = dict.fromkeys(idx, shared)

@@ -25,8 +25,10 @@ from probe.analysis.stats import BootstrapConfig
 from probe.eval.intervals import cluster_share_ci
 from probe.eval.normalise import answers_match, normalise
 from probe.eval.predict import greedy_answers, rank_choices
+from probe.models._inputs import load_image
 from probe.models.base import ModelAdapter
 from probe.vocab import RESULT_PREFIX, example_coords, image_dependent_of, unit_of  # noqa: F401  (unit_of: public here too)
+from probe.models.limits import check_examples_fit
 
 CONDITIONS: tuple[str, ...] = ("real", "blank", "mismatched")
 KINDS: tuple[str, ...] = ("image", "text")
@@ -59,10 +61,7 @@ _image_dependent = image_dependent_of  # one rule (probe.vocab): a missing flag 
 def _open(ex: Example) -> Image.Image:
     if isinstance(ex.image, Image.Image):
         return ex.image
-    if ex.image is None:
-        raise ValueError(f"example {ex.id!r}: no image to evaluate with")
-    with Image.open(ex.image) as im:
-        return im.convert("RGB")
+    return load_image(ex)  # one-line errors for a missing, corrupt or oversized image, as capture gives
 
 
 def mismatch_partners(
@@ -153,6 +152,7 @@ def evaluate_dependence(
              else plan_candidates(examples, choices_file=choices_file, max_choices=max_choices))
     partners = mismatch_partners(examples, seed, cands)
     reals = [replace(ex, image=_open(ex), condition="real") for ex in examples]
+    check_examples_fit(adapter, reals)  # an over-long prompt is refused before any forward
     blanks = [replace(ex, image=Image.new("RGB", im.image.size, config.blank_color), condition="blank")
               for ex, im in zip(examples, reals)]
     mism = [replace(ex, image=reals[j].image if j is not None else reals[i].image, condition="mismatched")

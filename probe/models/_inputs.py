@@ -33,6 +33,9 @@ def load_image(example: Example) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return to_rgb8(img, example.id, path)
+    except Image.DecompressionBombError as err:  # not an OSError: it escaped --skip-bad
+        raise BadExampleError(example.id, f"image {path} refused: {str(err).split(', could')[0]} "
+                                          "(PIL's decompression-bomb guard, Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise BadExampleError(example.id, f"corrupt image {path}: {type(err).__name__}") from None
 
