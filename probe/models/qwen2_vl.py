@@ -105,7 +105,8 @@ class Qwen2VLAdapter(ModelAdapter):
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
         roles = self._roles()
         enc = encode_examples(self.processor, examples, self.image_token_id, text=self._text,
-                              segments=lambda ids: segments_from_ids(ids, roles))
+                              segments=lambda ids: segments_from_ids(ids, roles),
+                              placeholder=getattr(self.processor, "image_token", IMAGE_PAD))
         extra = {key: torch.cat([f[key] for f in enc.features]) for key in ("pixel_values", "image_grid_thw")}
         # the model derives M-RoPE positions from input_ids, image_grid_thw and attention_mask
         batch = assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra, real_positions=False)
