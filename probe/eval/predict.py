@@ -29,18 +29,26 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_size: int) -> list[float]:
     """Summed log-probability of each example's `answer` tokens (the adapter's ANSWER labels) given the rest.
 
-    One full forward per (example, answer): the reference `candidate_logprobs` is checked against.
+    One full forward per (example, answer): the reference `candidate_logprobs` is checked against. Logits are
+    kept at the positions predicting an answer token only (`logits_to_keep` as indices) where the model allows,
+    so memory does not grow with vocabulary × sequence.
     """
     device = _device(adapter)
+    keeps = _accepts(adapter.model, "logits_to_keep")
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = adapter.build_inputs(chunk, padding_side="right").to(device)
         if batch.labels is None:
             raise ValueError("answer_logprobs: the adapter produced no labels (examples need answers)")
-        logits = adapter.model(**batch.inputs).logits
         labels = batch.labels[:, 1:]
-        tok = _token_logprobs(logits[:, :-1], labels)
+        if keeps:  # the columns (of any row) whose next token is an answer token
+            cols = (labels != -100).any(0).nonzero().flatten()
+            logits = adapter.model(**batch.inputs, logits_to_keep=cols).logits
+            labels = labels[:, cols]
+        else:
+            logits = adapter.model(**batch.inputs).logits[:, :-1]
+        tok = _token_logprobs(logits, labels)
         out += (tok * (labels != -100)).sum(dim=1).tolist()
     return out
 
@@ -96,17 +104,17 @@ def _shared_prefix_chunk(
 ) -> list[list[float]] | None:
     """Scores of one chunk: the prompts run once (left-padded), every candidate continues from their KV cache.
 
-    None when this adapter/model cannot do it exactly (no explicit 1-D position ids, no KV cache), so the
-    caller falls back to one full forward per candidate.
+    The continuation's positions come from the adapter (`continuation_positions`: 1-D RoPE, or M-RoPE's three
+    axes continuing from the prompt's largest position). None when this adapter/model cannot do it exactly (no
+    positions to continue from, no KV cache), so the caller falls back to one full forward per candidate.
     """
     model, device = adapter.model, _device(adapter)
     prompts = adapter.build_inputs([replace(ex, answer=None) for ex in examples], padding_side="left").to(device)
     inputs = prompts.inputs
-    pos = inputs.get("position_ids")
     # transformers 5.x renames `past_key_values` to `cache` (both accepted until 5.40): use whichever forward names
     cache_arg = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
-    if pos is None or pos.dim() != 2 or cache_arg is None:
-        return None  # positions derived inside the model (e.g. M-RoPE): continuing from the cache is not ours to do
+    if cache_arg is None:
+        return None
     mask = inputs["attention_mask"]
     lengths = mask.sum(-1)
     rows: list[tuple[int, list[int], list[bool]]] = []
@@ -117,6 +125,11 @@ def _shared_prefix_chunk(
             if got is None:
                 return None
             rows.append((i, *got))
+    width = max(len(ids) for _, ids, _ in rows)
+    owner = torch.tensor([i for i, _, _ in rows], device=device)
+    positions = adapter.continuation_positions(prompts, owner, width)
+    if positions is None:
+        return None
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(**inputs, use_cache=True, **extra)
     cache = getattr(out, "cache", None)
@@ -125,8 +138,7 @@ def _shared_prefix_chunk(
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     first = out.logits[:, -1]  # left padding: the last column is every prompt's last token
-    width = max(len(ids) for _, ids, _ in rows)
-    owner = torch.tensor([i for i, _, _ in rows], device=device)
+    del out
     ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     flags = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
     for r, (_, tok, lab) in enumerate(rows):
@@ -135,8 +147,7 @@ def _shared_prefix_chunk(
     cont_mask = (torch.arange(width, device=device)[None] < torch.tensor([len(t) for _, t, _ in rows], device=device)[:, None])
     cache.batch_select_indices(owner)  # each candidate row gets its prompt's keys and values
     step = model(input_ids=ids, attention_mask=torch.cat([mask[owner], cont_mask.long()], dim=1),
-                 position_ids=lengths[owner, None] + torch.arange(width, device=device)[None],
-                 use_cache=True, **{cache_arg: cache})
+                 position_ids=positions, use_cache=True, **{cache_arg: cache})
     # token m of a continuation is predicted by the prompt's last logits (m = 0) or the continuation's m-1
     logits = torch.cat([first[owner, None], step.logits[:, :-1]], dim=1)
     return _per_example((_token_logprobs(logits, ids) * flags).sum(dim=1).tolist(), choices)
@@ -163,8 +174,8 @@ def candidate_logprobs(
 
     Each prompt (image included) runs once; its K candidates continue from the prompt's KV cache in one
     batch of at most `batch_size` candidate rows (more when one example has more candidates). Equal to
-    `answer_logprobs` on (example, candidate) pairs up to float round-off; adapters whose positions the
-    model derives itself (M-RoPE) use that full-forward path.
+    `answer_logprobs` on (example, candidate) pairs up to float round-off, M-RoPE families (Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL) included; a model without a KV cache falls back to that full-forward path.
     """
     if len(examples) != len(choices):
         raise ValueError(f"candidate_logprobs: {len(examples)} examples but {len(choices)} candidate lists")
