@@ -20,9 +20,17 @@ def _device(adapter: ModelAdapter) -> torch.device:
     return next(adapter.model.parameters()).device
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) under each row of logits: [..., vocab], [...] -> [...] float32."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """log p(target) under each row of logits: [batch, ..., vocab], [batch, ...] -> [batch, ...] float32.
+
+    `rows` batch rows at a time, so the float32 temporaries stay a fraction of the logits' size.
+    """
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for s in range(0, logits.shape[0], rows):
+        chunk = logits[s : s + rows].float()
+        picked = chunk.gather(-1, targets[s : s + rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[s : s + rows] = picked - torch.logsumexp(chunk, dim=-1)
+    return out
 
 
 @torch.no_grad()
@@ -149,8 +157,8 @@ def _shared_prefix_chunk(
     step = model(input_ids=ids, attention_mask=torch.cat([mask[owner], cont_mask.long()], dim=1),
                  position_ids=positions, use_cache=True, **{cache_arg: cache})
     # token m of a continuation is predicted by the prompt's last logits (m = 0) or the continuation's m-1
-    logits = torch.cat([first[owner, None], step.logits[:, :-1]], dim=1)
-    return _per_example((_token_logprobs(logits, ids) * flags).sum(dim=1).tolist(), choices)
+    tok = torch.cat([_token_logprobs(first[owner, None], ids[:, :1]), _token_logprobs(step.logits[:, :-1], ids[:, 1:])], 1)
+    return _per_example((tok * flags).sum(dim=1).tolist(), choices)
 
 
 def _per_example(flat: list[float], choices: Sequence[Sequence[str]]) -> list[list[float]]:
