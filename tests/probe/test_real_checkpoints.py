@@ -279,3 +279,51 @@ def _full_logits_logprobs(adapter, examples: list[Example]) -> np.ndarray:
             keep = labels != -100
             out.append(float(logp[keep].gather(-1, labels[keep, None]).sum()))
     return np.array(out)
+
+
+# Test data written from the structure of the public templates: Qwen2.5-VL-Instruct's chat_template.json (a default
+# system turn, role messages, string or list content, "<|im_start|>assistant\n" generation prompt) and Gemma 3's
+# (google/gemma-3-*-it: bos, "user"/"model" turns, a system turn folded into the first user turn, strict alternation).
+QWEN25_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'][0]['text']"
+    " + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}{{ raise_exception('Conversation roles must "
+    "alternate user/assistant/user/assistant/...') }}{%- endif -%}{%- if message['role'] == 'assistant' -%}"
+    "{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- elif message['content'] is iterable -%}"
+    "{%- for item in message['content'] -%}{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- else -%}"
+    "{{ raise_exception('Invalid content type') }}{%- endif -%}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}")
+
+
+@pytest.mark.parametrize("family, template, prompt_tail", [
+    ("qwen2_5_vl", QWEN25_TEMPLATE, "<|vision_end|>What is in the image?<|im_end|>\n<|im_start|>assistant\n"),
+    ("gemma3", GEMMA3_TEMPLATE, "<end_of_image>\n\nWhat is in the image?<end_of_turn>\n<start_of_turn>model\n"),
+])
+def test_system_prompt_and_model_turn_templates(tiny_models, family, template, prompt_tail):
+    """The answer follows the generation prompt directly (no separator), after the template's system turn/roles."""
+    from probe.models.registry import adapter_for
+
+    model, processor = tiny_models[family]
+    processor = copy.copy(processor)
+    processor.chat_template = template
+    adapter = adapter_for(model, processor)
+    batch = adapter.build_inputs([Example("e", photo(40, 48), QUESTION, answer="red")], "right")
+    tok = processor.tokenizer
+    ids, labels = batch.inputs["input_ids"][0], batch.labels[0]
+    text = tok.decode(ids[labels == -100])
+    assert text.endswith(prompt_tail)
+    if family == "qwen2_5_vl":
+        assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    want = tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert labels[labels != -100].tolist() == want
