@@ -25,9 +25,23 @@ def _device(adapter: ModelAdapter) -> torch.device:
     return next(adapter.model.parameters()).device
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) under each row of logits: [..., vocab], [...] -> [...] float32."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """log p(target) under each row of logits: [batch, ..., vocab], [batch, ...] -> [batch, ...] float32.
+
+    `rows` batch rows at a time, so the float32 temporaries stay a fraction of the logits' size.
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # float64 given, float64 kept
+    out = torch.empty(targets.shape, dtype=dtype, device=logits.device)
+    for s in range(0, logits.shape[0], rows):
+        chunk = logits[s : s + rows].to(dtype)
+        picked = chunk.gather(-1, targets[s : s + rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[s : s + rows] = picked - torch.logsumexp(chunk, dim=-1)
+    return out
+
+
+def _masked_sum(tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row sums of `tok` where `mask` holds; where, not a product: -inf off the answer would make NaN."""
+    return torch.where(mask, tok, torch.zeros_like(tok)).sum(1)
 
 
 def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,19 +62,28 @@ def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_si
                     around: Around | None = None) -> list[float]:
     """Summed log-probability of each example's `answer` tokens (the adapter's ANSWER labels) given the rest.
 
-    One full forward per (example, answer): the reference `candidate_logprobs` is checked against.
-    around(batch): a context entered around each forward (an intervention that needs the batch).
+    One full forward per (example, answer): the reference `candidate_logprobs` is checked against. Logits are
+    kept at the positions predicting an answer token only (`logits_to_keep` as indices) where the model allows,
+    so memory does not grow with vocabulary × sequence. around(batch): a context entered around each forward
+    (an intervention that needs the batch).
     """
     device = _device(adapter)
+    keeps = _accepts(adapter.model, "logits_to_keep")
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = adapter.build_inputs(chunk, padding_side="right").to(device)
         if batch.labels is None:
             raise ValueError("answer_logprobs: the adapter produced no labels (examples need answers)")
+        labels = batch.labels[:, 1:]
         with around(batch) if around is not None else nullcontext():
-            logits = adapter.model(**batch.inputs).logits
-        out += answer_logprob(logits, batch.labels).tolist()
+            if keeps:  # the columns (of any row) whose next token is an answer token
+                cols = (labels != -100).any(0).nonzero().flatten()
+                logits = adapter.model(**batch.inputs, logits_to_keep=cols).logits
+                labels = labels[:, cols]
+            else:
+                logits = adapter.model(**batch.inputs).logits[:, :-1]
+        out += _masked_sum(_token_logprobs(logits.double(), labels.to(logits.device)), labels != -100).tolist()
     return out
 
 
@@ -115,17 +138,17 @@ def _shared_prefix_chunk(
 ) -> list[list[float]] | None:
     """Scores of one chunk: the prompts run once (left-padded), every candidate continues from their KV cache.
 
-    None when this adapter/model cannot do it exactly (no explicit 1-D position ids, no KV cache), so the
-    caller falls back to one full forward per candidate.
+    The continuation's positions come from the adapter (`continuation_positions`: 1-D RoPE, or M-RoPE's three
+    axes continuing from the prompt's largest position). None when this adapter/model cannot do it exactly (no
+    positions to continue from, no KV cache), so the caller falls back to one full forward per candidate.
     """
     model, device = adapter.model, _device(adapter)
     prompts = adapter.build_inputs([replace(ex, answer=None) for ex in examples], padding_side="left").to(device)
     inputs = prompts.inputs
-    pos = inputs.get("position_ids")
     # transformers 5.x renames `past_key_values` to `cache` (both accepted until 5.40): use whichever forward names
     cache_arg = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
-    if pos is None or pos.dim() != 2 or cache_arg is None:
-        return None  # positions derived inside the model (e.g. M-RoPE): continuing from the cache is not ours to do
+    if cache_arg is None:
+        return None
     mask = inputs["attention_mask"]
     lengths = mask.sum(-1)
     rows: list[tuple[int, list[int], list[bool]]] = []
@@ -136,6 +159,11 @@ def _shared_prefix_chunk(
             if got is None:
                 return None
             rows.append((i, *got))
+    width = max(len(ids) for _, ids, _ in rows)
+    owner = torch.tensor([i for i, _, _ in rows], device=device)
+    positions = adapter.continuation_positions(prompts, owner, width)
+    if positions is None:
+        return None
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(**inputs, use_cache=True, **extra)
     cache = getattr(out, "cache", None)
@@ -144,8 +172,7 @@ def _shared_prefix_chunk(
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     first = out.logits[:, -1]  # left padding: the last column is every prompt's last token
-    width = max(len(ids) for _, ids, _ in rows)
-    owner = torch.tensor([i for i, _, _ in rows], device=device)
+    del out
     ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     flags = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
     for r, (_, tok, lab) in enumerate(rows):
@@ -154,11 +181,10 @@ def _shared_prefix_chunk(
     cont_mask = (torch.arange(width, device=device)[None] < torch.tensor([len(t) for _, t, _ in rows], device=device)[:, None])
     cache.batch_select_indices(owner)  # each candidate row gets its prompt's keys and values
     step = model(input_ids=ids, attention_mask=torch.cat([mask[owner], cont_mask.long()], dim=1),
-                 position_ids=lengths[owner, None] + torch.arange(width, device=device)[None],
-                 use_cache=True, **{cache_arg: cache})
+                 position_ids=positions, use_cache=True, **{cache_arg: cache})
     # token m of a continuation is predicted by the prompt's last logits (m = 0) or the continuation's m-1
-    logits = torch.cat([first[owner, None], step.logits[:, :-1]], dim=1)
-    return _per_example((_token_logprobs(logits, ids) * flags).sum(dim=1).tolist(), choices)
+    tok = torch.cat([_token_logprobs(first[owner, None], ids[:, :1]), _token_logprobs(step.logits[:, :-1], ids[:, 1:])], 1)
+    return _per_example((tok * flags).sum(dim=1).tolist(), choices)
 
 
 def _per_example(flat: list[float], choices: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -183,9 +209,10 @@ def candidate_logprobs(
 
     Each prompt (image included) runs once; its K candidates continue from the prompt's KV cache in one
     batch of at most `batch_size` candidate rows (more when one example has more candidates). Equal to
-    `answer_logprobs` on (example, candidate) pairs up to float round-off; adapters whose positions the
-    model derives itself (M-RoPE) use that full-forward path, as does every call with `around` (a context entered
-    around each forward, given its batch: an edit of the forward needs the whole sequence in one call).
+    `answer_logprobs` on (example, candidate) pairs up to float round-off, M-RoPE families (Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL) included; a model without a KV cache falls back to that full-forward path, as does every call with
+    `around` (a context entered around each forward, given its batch: an edit of the forward needs the whole
+    sequence in one call).
     """
     if len(examples) != len(choices):
         raise ValueError(f"candidate_logprobs: {len(examples)} examples but {len(choices)} candidate lists")

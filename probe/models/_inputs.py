@@ -37,7 +37,7 @@ def load_image(example: Example) -> Image.Image:
         raise BadExampleError(example.id, f"image {path} refused: {str(err).split(', could')[0]} "
                                           "(PIL's decompression-bomb guard, Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise BadExampleError(example.id, f"corrupt image {path}: {type(err).__name__}") from None
+        raise BadExampleError(example.id, f"corrupt image {path}: {type(err).__name__}") from err
 
 
 def to_rgb8(image: Image.Image, example_id: str, path: Path | None = None) -> Image.Image:
@@ -67,29 +67,128 @@ def to_rgb8(image: Image.Image, example_id: str, path: Path | None = None) -> Im
     return Image.fromarray(grey).convert("RGB")
 
 
+# The user-turn shapes a chat template may read, tried in this order: role messages whose content is a list of
+# items (most instruct templates), role messages whose content is a string with the placeholder in it (older
+# text-only templates), and a bare list of content items without roles (Qwen2-VL's base-model template).
+CHAT_SHAPES = ("role messages with content lists", "role messages with string content", "a bare content list")
+QUESTION, ANSWER = "\x00visblind-question\x00", "\x00visblind-answer\x00"  # sentinels located in the rendered text
+
+
+def chat_template(processor: Any) -> tuple[str | None, str]:
+    """The chat template prompts are built with, and the file it came from.
+
+    The processor's template (chat_template.jinja / chat_template.json), else the tokenizer's
+    (tokenizer_config.json): `train` saves the latter as the fine-tune's chat_template.jinja, so reading both
+    gives a base and every checkpoint written from it the same prompt format.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    template = getattr(processor, "chat_template", None)
+    files = ("chat_template.jinja", "chat_template.json", "processor_config.json")
+    if not template:
+        template = getattr(tokenizer, "chat_template", None)
+        files = ("chat_template.jinja", "tokenizer_config.json")
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    if not template:
+        return None, ""
+    folder = str(getattr(tokenizer, "name_or_path", "") or "")
+    where = Path(folder)
+    for name in files:
+        if (where / name).is_file() and (name.endswith(".jinja") or "chat_template" in (where / name).read_text("utf-8")):
+            return template, str(where / name)
+    return template, f"{folder or 'the processor'}: {files[-1]}"
+
+
+def _user_turn(shape: str, text: str, placeholder: str) -> list[dict[str, Any]]:
+    if shape == CHAT_SHAPES[0]:
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    if shape == CHAT_SHAPES[1]:
+        return [{"role": "user", "content": f"{placeholder}\n{text}"}]
+    return [{"type": "image"}, {"type": "text", "text": text}]
+
+
+def _render(processor: Any, template: str, messages: list[dict[str, Any]], generation: bool) -> str:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=generation,
+                                             tokenize=False)
+    except Exception:  # a template that cannot read this shape (jinja raise_exception, a missing key, ...)
+        return ""
+
+
+def _chat_shape(processor: Any, template: str, source: str, placeholder: str) -> str:
+    """The first shape of `CHAT_SHAPES` whose user turn renders the question and exactly one image placeholder."""
+    for shape in CHAT_SHAPES:
+        text = _render(processor, template, _user_turn(shape, QUESTION, placeholder), True)
+        if QUESTION in text and text.count(placeholder) == 1:
+            return shape
+    tokenizer = getattr(processor, "tokenizer", processor)
+    name = getattr(tokenizer, "name_or_path", "") or "the checkpoint"
+    raise ValueError(f"{name}: the chat template in {source} renders no image placeholder {placeholder!r} for a "
+                     f"user turn of an image and a question (tried {', '.join(CHAT_SHAPES)}); fix or remove that "
+                     "template")
+
+
 def prompt_text(processor: Any, example: Example, placeholder: str) -> str:
     """The prompt as the model sees it: chat template when the processor has one, else placeholder + prompt.
 
-    A prompt that already holds the placeholder is used as is; more than one placeholder is an error
-    (one image per example).
+    The template's user turn is given in the first shape of `CHAT_SHAPES` it renders (one image placeholder),
+    with the generation prompt. A prompt that already holds the placeholder is used as is without a template;
+    more than one placeholder is an error (one image per example).
     """
     count = example.prompt.count(placeholder)
     if count > 1:
         raise BadExampleError(example.id, f"prompt has {count} image placeholders {placeholder!r} for 1 image")
-    if getattr(processor, "chat_template", None):
+    template, source = chat_template(processor)
+    if template:
         text = example.prompt.replace(placeholder, "").strip()
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        shape = _chat_shape(processor, template, source, placeholder)
+        return _render(processor, template, _user_turn(shape, text, placeholder), True)
     if count == 1:
         return example.prompt
     return f"{placeholder}\n{example.prompt}"
 
 
-def answer_ids(tokenizer: Any, answer: str | None) -> list[int]:
-    """Token ids of the answer (no special tokens) followed by eos; empty when there is no answer."""
+def answer_separator(processor: Any, placeholder: str | None, prompt: str) -> str:
+    """The text between the prompt and the answer: what the template's assistant turn puts after its generation prompt.
+
+    SmolVLM's "Assistant:" turn renders "Assistant: a cat" (separator " "), Qwen2.5-VL's "<|im_start|>assistant\\n"
+    none. Without a template, or with one that has no assistant turn (a bare content list), the answer follows
+    the question after one space (none when the prompt ends in whitespace).
+    """
+    plain = "" if not prompt or prompt[-1].isspace() else " "
+    template, source = chat_template(processor)
+    if not template or placeholder is None:
+        return plain
+    shape = _chat_shape(processor, template, source, placeholder)
+    if shape == CHAT_SHAPES[2]:
+        return plain
+    user = _user_turn(shape, QUESTION, placeholder)
+    reply = [{"type": "text", "text": ANSWER}] if shape == CHAT_SHAPES[0] else ANSWER
+    head = _render(processor, template, user, True)
+    full = _render(processor, template, [*user, {"role": "assistant", "content": reply}], False)
+    if not full.startswith(head) or ANSWER not in full[len(head):]:
+        return plain  # the assistant turn does not continue the generation prompt: answer right after the prompt
+    return full[len(head):].split(ANSWER)[0]
+
+
+def answer_ids(tokenizer: Any, answer: str | None, prompt: str = "", separator: str = "") -> list[int]:
+    """Token ids of separator + answer as they continue `prompt` (no special tokens), then eos; empty without answer.
+
+    Tokenised in context: the ids of prompt + separator + answer past the prompt's own, so a leading space is
+    the word-initial token the model sees at inference (SmolVLM's "Ġa", not "a"); the answer alone where the
+    boundary merges.
+    """
     if answer is None:
         return []
-    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    text = separator + answer
+    ids = None
+    if prompt:
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+        ids = full[len(head):] if full[: len(head)] == head else None
+    if ids is None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return list(ids) + ([eos] if eos is not None else [])
 
@@ -157,11 +256,13 @@ def encode_examples(
     text: Callable[[Example], str],
     segments: Callable[[list[int]], list[int]],
     images: Callable[[Any], Any] = lambda image: [image],
+    placeholder: str | None = None,
 ) -> Encoded:
     """Run the family's processor on each (image, prompt) and tokenise its answer; one-line errors per example.
 
     text: the prompt as the model sees it; segments: Segment codes of the prompt ids; images: the
-    processor's `images=` argument for one PIL image (families differ in nesting).
+    processor's `images=` argument for one PIL image (families differ in nesting); placeholder: the image
+    placeholder `text` gave the chat template (it picks the answer's separator, see `answer_separator`).
     """
     out = Encoded()
     for ex in examples:
@@ -169,13 +270,14 @@ def encode_examples(
         try:
             enc = processor(images=images(image), text=[prompt], return_tensors="pt")
         except ValueError as err:
-            raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from None
+            raise BadExampleError(ex.id, f"processor refused the input: {str(err).splitlines()[0]}") from err
         ids = enc["input_ids"][0].tolist()
         if image_token_id not in ids:
             raise BadExampleError(ex.id, "no image tokens after processing")
         out.prompts.append(ids)
         out.segments.append(segments(ids))
-        out.answers.append(answer_ids(processor.tokenizer, ex.answer))
+        separator = answer_separator(processor, placeholder, prompt) if ex.answer is not None else ""
+        out.answers.append(answer_ids(processor.tokenizer, ex.answer, prompt, separator))
         out.features.append(enc)
         out.image_sizes.append((image.height, image.width))
     return out

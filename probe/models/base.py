@@ -227,6 +227,19 @@ class ModelAdapter(ComponentOps, ABC):
         naming the example when an image is missing/corrupt or the image-token count is wrong.
         """
 
+    def continuation_positions(self, prompts: ModelInputs, owner: torch.Tensor, width: int) -> torch.Tensor | None:
+        """Position ids of `width` tokens continuing the left-padded prompts `owner[r]` from their KV cache.
+
+        prompts: a batch built with padding_side="left"; owner: [rows] long, the prompt row each continuation
+        extends. Returns [rows, width] long (1-D RoPE: the token after a prompt's last position, and on), or None
+        when the batch carries no position ids to continue from.
+        """
+        pos = prompts.inputs.get("position_ids")
+        if pos is None or pos.dim() != 2:
+            return None
+        start = pos[:, -1] + 1  # left padding: the last column holds every prompt's last position
+        return start[owner, None] + torch.arange(width, device=pos.device)[None]
+
     @staticmethod
     def n_visual_tokens(segments: torch.Tensor) -> torch.Tensor:
         """Visual tokens entering the decoder per row: segments [batch, seq] -> [batch] long."""

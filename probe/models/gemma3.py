@@ -69,7 +69,7 @@ class Gemma3Adapter(ModelAdapter):
         placeholder = self.processor.image_token
         enc = encode_examples(self.processor, examples, self.image_token_id,
                               text=lambda ex: prompt_text(self.processor, ex, placeholder),
-                              segments=lambda ids: segments_from_ids(ids, roles))
+                              segments=lambda ids: segments_from_ids(ids, roles), placeholder=placeholder)
         extra = {"pixel_values": torch.cat([f["pixel_values"] for f in enc.features])}
         batch = assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra)
         # which positions form the bidirectional image blocks (the processor's token_type_ids, padded)

@@ -76,7 +76,7 @@ class Idefics3Adapter(ModelAdapter):
         enc = encode_examples(
             self.processor, examples, self.image_token_id,
             text=lambda ex: prompt_text(self.processor, ex, placeholder),
-            segments=self._segments, images=lambda image: [[image]],
+            segments=self._segments, images=lambda image: [[image]], placeholder=placeholder,
         )
         # tile counts differ with image splitting: all-zero padding tiles are dropped by the model
         extra = {"pixel_values": _pad_tiles([f["pixel_values"] for f in enc.features])}

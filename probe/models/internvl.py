@@ -86,7 +86,7 @@ class InternVLAdapter(ModelAdapter):
         enc = encode_examples(
             self.processor, examples, self.image_token_id,
             text=lambda ex: prompt_text(self.processor, ex, self.processor.image_token),
-            segments=lambda ids: segments_from_ids(ids, roles),
+            segments=lambda ids: segments_from_ids(ids, roles), placeholder=self.processor.image_token,
         )
         # tiles of all examples in order: the model scatters them into the image tokens row by row
         extra = {"pixel_values": torch.cat([f["pixel_values"] for f in enc.features])}

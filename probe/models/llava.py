@@ -47,7 +47,7 @@ class LlavaAdapter(ModelAdapter):
         enc = encode_examples(
             self.processor, examples, self.image_token_id,
             text=lambda ex: prompt_text(self.processor, ex, placeholder),
-            segments=lambda ids: segments_from_ids(ids, {self.image_token_id: Segment.VISUAL}),
+            segments=lambda ids: segments_from_ids(ids, {self.image_token_id: Segment.VISUAL}), placeholder=placeholder,
         )
         extra = {"pixel_values": _cat_padded([f["pixel_values"] for f in enc.features])}
         if "image_sizes" in enc.features[0]:

@@ -102,10 +102,25 @@ class Qwen2VLAdapter(ModelAdapter):
             text = text.replace(placeholder, f"{VISION_START}{placeholder}{VISION_END}", 1)
         return text
 
+    def continuation_positions(self, prompts: ModelInputs, owner: torch.Tensor, width: int) -> torch.Tensor | None:
+        """M-RoPE: text after the prompt continues on all three axes from the prompt's largest position + 1.
+
+        The prompt's 3-D positions are the model's own (`get_rope_index`, as its forward computes them); this is
+        where generation continues too (transformers' rope_deltas). Returns [3, rows, width] long.
+        """
+        inp = prompts.inputs
+        pos, _ = self.base_model.model.get_rope_index(
+            inp["input_ids"], inp["mm_token_type_ids"], image_grid_thw=inp["image_grid_thw"],
+            attention_mask=inp["attention_mask"])
+        start = pos.amax(dim=(0, 2)) + 1  # padding holds position 0, so the maximum is a real token's
+        steps = start[owner, None] + torch.arange(width, device=pos.device)[None]
+        return steps[None].expand(3, -1, -1)
+
     def build_inputs(self, examples: Sequence[Example], padding_side: str = "left") -> ModelInputs:
         roles = self._roles()
         enc = encode_examples(self.processor, examples, self.image_token_id, text=self._text,
-                              segments=lambda ids: segments_from_ids(ids, roles))
+                              segments=lambda ids: segments_from_ids(ids, roles),
+                              placeholder=getattr(self.processor, "image_token", IMAGE_PAD))
         extra = {key: torch.cat([f[key] for f in enc.features]) for key in ("pixel_values", "image_grid_thw")}
         # the model derives M-RoPE positions from input_ids, image_grid_thw and attention_mask
         batch = assemble_encoded(examples, enc, self.processor.tokenizer, padding_side, extra, real_positions=False)
