@@ -123,8 +123,9 @@ class AttentionRecorder:
         host = (segments if host_segments is None else host_segments).cpu()
         if host.numel() and not (0 <= int(host.min()) and int(host.max()) < len(Segment)):
             raise ValueError(f"segments must hold Segment codes 0..{len(Segment) - 1}, got {int(host.min())}..{int(host.max())}")
-        # checked on the device in one read (a GPU sync per batch, never per layer)
-        if query_positions.numel() and int(query_positions.max()) >= segments.shape[1]:
+        # one read per batch; skipped for positions on a device when the caller built them from `host_segments`
+        checked = query_positions.device.type == "cpu" or host_segments is None
+        if checked and query_positions.numel() and int(query_positions.max()) >= segments.shape[1]:
             raise ValueError(f"query_positions reach {int(query_positions.max())}, beyond seq {segments.shape[1]}")
         self._segments = segments.long()
         self._query_positions = query_positions.long()
