@@ -257,7 +257,14 @@ def count_syncs(fn, decoder_layers, device: str) -> dict:
 
     import torch
 
-    from probe.capture.host_reads import HostReads
+    try:
+        from probe.capture.host_reads import HostReads
+    except ImportError:  # an older visblind (comparing before/after): the guard from this checkout
+        spec = importlib.util.spec_from_file_location(
+            "host_reads", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "probe", "capture", "host_reads.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        HostReads = module.HostReads
 
     if not device.startswith("cuda"):
         with HostReads(decoder_layers) as reads:
