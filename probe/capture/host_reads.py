@@ -70,7 +70,9 @@ def _caller() -> tuple[str, bool]:
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith(_TORCH) and name != _HERE:
-            ours = name.startswith(str(_ROOT)) and "/.venv/" not in name and "site-packages" not in name
+            roots = {str(_ROOT)} | {str(Path(m.__file__).resolve().parents[1]) for m in (sys.modules.get("probe"),)
+                                    if m is not None and getattr(m, "__file__", None)}
+            ours = any(name.startswith(r) for r in roots) and "/.venv/" not in name and "site-packages" not in name
             try:
                 shown = str(Path(name).resolve().relative_to(_ROOT))
             except ValueError:
