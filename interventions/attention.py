@@ -80,12 +80,35 @@ class AttentionEdit(Intervention):
         query_mask(torch.zeros((1, 1), dtype=torch.long), self.queries)  # validates the names
         self._segments: torch.Tensor | None = None
         self._qpos: torch.Tensor | None = None
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     # --- per batch ---------------------------------------------------------------
     def set_batch(self, batch: ModelInputs) -> None:
-        """Token roles of the next forward: which queries to edit, which keys are visual."""
+        """Token roles of the next forward: which queries to edit, which keys are visual.
+
+        Everything the edit needs from the batch is computed here, once, on the batch's device (give the batch on
+        the model's device): the forward then reads nothing on the host.
+        """
         self._segments = batch.segments.long()
         self._qpos = padded_positions(query_mask(self._segments, self.queries))
+        self._on_device = {}
+        self._prepare(self._segments.device)
+
+    def _prepare(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The batch's constants on `device`: segments, visual keys, the edited rows and where they are written."""
+        if device not in self._on_device:
+            segments, qpos = self._segments.to(device), self._qpos.to(device)
+            present = qpos >= 0
+            # absent slots (-1, rows with fewer queries) write the row's first slot again with its value, or, in a
+            # row without any, position 0 with the kernel's own value: every write is determined, none reads on the host
+            first = torch.where(present[:, :1], qpos[:, :1], 0)
+            self._on_device[device] = {
+                "segments": segments, "qpos": torch.where(present, qpos, first), "present": present,
+                "visual": (segments == Segment.VISUAL)[:, None, None, :],
+                "heads": torch.tensor(self.heads, device=device),
+                "rows": torch.arange(segments.shape[0], device=device)[:, None, None],
+            }
+        return self._on_device[device]
 
     # --- the edit ------------------------------------------------------------------
     def edit(self, logits: torch.Tensor, visual: torch.Tensor, layer: int, rows: torch.Tensor) -> torch.Tensor:
@@ -114,13 +137,11 @@ class AttentionEdit(Intervention):
                 f"decoder layer {layer}: attention call has batch {batch} and {q_len} queries / {key.shape[2]} keys, but the "
                 f"batch set has segments {tuple(self._segments.shape)}; attention edits need one full forward (no cache)"
             )
-        qpos = self._qpos.to(query.device)
-        if qpos.shape[1] == 0:
+        if self._qpos.shape[1] == 0:
             return out
-        segments = self._segments.to(query.device)
-        heads = torch.tensor(self.heads, device=query.device)
+        dev = self._prepare(query.device)
+        segments, safe, heads = dev["segments"], dev["qpos"], dev["heads"]
         groups = n_heads // key.shape[1]
-        safe = qpos.clamp(min=0)
         d = query.shape[-1]
         q = query[:, heads].gather(2, safe[:, None, :, None].expand(batch, len(self.heads), safe.shape[1], d)).float()
         k = key.repeat_interleave(groups, dim=1)[:, heads].float()
@@ -132,14 +153,13 @@ class AttentionEdit(Intervention):
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         logits = _masked(logits, call, segments, safe)
-        visual = (segments == Segment.VISUAL)[:, None, None, :]
-        probs = self.edit(logits, visual, layer, safe)
-        rows = probs @ v  # [batch, heads, n, d_v]
-        b_idx, n_idx = (qpos >= 0).nonzero(as_tuple=True)
-        new = out.clone()
-        p_idx = qpos[b_idx, n_idx]
-        new[b_idx[:, None], p_idx[:, None], heads[None, :]] = rows[b_idx, :, n_idx].to(out.dtype)
-        return new
+        probs = self.edit(logits, dev["visual"], layer, safe)
+        rows = (probs @ v).transpose(1, 2).to(out.dtype)  # [batch, n, heads, d_v]
+        index = (dev["rows"], safe[:, :, None], heads[None, None, :])
+        present = dev["present"][:, :, None, None]
+        # absent slots repeat the row's first slot (same position, same value) or keep the kernel's value
+        rows = torch.where(present, rows, torch.where(present[:, :1], rows[:, :1], out[index]))
+        return out.index_put(index, rows)
 
 
 def _masked(logits: torch.Tensor, call: AttentionCall, segments: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -289,11 +309,22 @@ class VAR(AttentionEdit):
 
         return undo
 
+    def _prepare(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Besides the base's: the sink dimensions and, per layer, the listed image heads, on `device`."""
+        fresh = device not in self._on_device
+        dev = super()._prepare(device)
+        if fresh:
+            dev["sink_dims"] = torch.tensor(self.sink_dims or (), dtype=torch.long, device=device)
+            for layer in self.layers:
+                wanted = [self.heads.index(h) for h in (self.image_heads or {}).get(layer, ()) if h in self.heads]
+                dev[f"image_heads.{layer}"] = torch.tensor([i in wanted for i in range(len(self.heads))], device=device)
+        return dev
+
     def _detect(self, layer: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         h = args[0] if args else kwargs["hidden_states"]
         h = h.detach().float()
         normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).abs()
-        self._detected[layer] = normed[..., list(self.sink_dims)].amax(-1) > self.tau
+        self._detected[layer] = normed.index_select(-1, self._prepare(h.device)["sink_dims"]).amax(-1) > self.tau
 
     def edit(self, logits, visual, layer, rows):
         probs = torch.softmax(logits, dim=-1)
@@ -304,9 +335,7 @@ class VAR(AttentionEdit):
         vis_mass = (probs * visual).sum(-1, keepdim=True)
         sink_vis = (probs * (visual & sink)).sum(-1, keepdim=True)
         if self.image_heads is not None:
-            chosen = torch.zeros(probs.shape[1], dtype=torch.bool, device=probs.device)
-            wanted = [self.heads.index(h) for h in self.image_heads.get(layer, ()) if h in self.heads]
-            chosen[wanted] = True
+            chosen = self._prepare(probs.device)[f"image_heads.{layer}"]
             select = chosen[None, :, None, None].expand_as(vis_mass)
         else:
             select = (sink_vis <= self.rho * vis_mass) & (vis_mass >= self.summ)

@@ -102,21 +102,23 @@ def source_weights(segments: torch.Tensor) -> torch.Tensor:
     """Weight of each query in each source's mean: [batch, seq] -> [batch, 3, seq] float32.
 
     Sources: last_prompt (the last non-pad non-answer position), answer (ANSWER queries),
-    text (TEXT queries).
+    text (TEXT queries). Computed on the segments' device without reading a value on the host.
     """
-    batch, seq = segments.shape
-    w = torch.zeros((batch, N_SOURCES, seq), dtype=torch.float32, device=segments.device)
-    lp = last_prompt_index(segments)
-    has_lp = lp >= 0
-    w[has_lp, 0, lp[has_lp]] = 1.0
-    for i, seg in ((1, Segment.ANSWER), (2, Segment.TEXT)):
+    seq = segments.shape[1]
+    lp = last_prompt_index(segments)  # -1 (no prompt) matches no position
+    last = (torch.arange(seq, device=segments.device)[None, :] == lp[:, None]).to(torch.float32)
+    means = []
+    for seg in (Segment.ANSWER, Segment.TEXT):
         m = (segments == seg).to(torch.float32)
-        w[:, i] = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return w
+        means.append(m / m.sum(dim=1, keepdim=True).clamp_min(1.0))
+    return torch.stack([last, *means], dim=1)
 
 
 def needed_positions(weights: torch.Tensor) -> torch.Tensor:
-    """Positions with any source weight, per row, padded with -1: [batch, 3, seq] -> [batch, n_max] long."""
+    """Positions with any source weight, per row, padded with -1: [batch, 3, seq] -> [batch, n_max] long.
+
+    Reads one number (n_max) on the host: call it once per batch, before the forward.
+    """
     used = weights.sum(dim=1) > 0  # [b, T]
     n_max = int(used.sum(dim=1).max().item()) if used.numel() else 0
     seq = used.shape[1]
@@ -128,24 +130,51 @@ def needed_positions(weights: torch.Tensor) -> torch.Tensor:
 
 
 def mass_codes(segments: torch.Tensor) -> list[int]:
-    """Segment codes that get a value column: every code present except TEXT, whose mass is the rest."""
+    """Segment codes that get a value column: every code present except TEXT, whose mass is the rest.
+
+    Reads the codes on the host: call it once per batch, before the forward (on a host copy of the segments).
+    """
     present = torch.unique(segments).tolist()
     return [int(c) for c in sorted(present) if c != Segment.TEXT]
 
 
+def code_onehot(segments: torch.Tensor, codes: list[int]) -> torch.Tensor:
+    """[batch, seq, len(codes)] bool: which of `codes` each position holds (once per batch, on the segments' device)."""
+    return segments[..., None] == torch.tensor(codes, device=segments.device, dtype=segments.dtype)
+
+
+def code_placement(codes: list[int], device: torch.device | str) -> torch.Tensor:
+    """[len(codes), n_segments] float64 0/1: moves per-code masses to their segment's column by one matmul."""
+    place = torch.zeros((len(codes), N_SEGMENTS), dtype=torch.float64)
+    place[range(len(codes)), codes] = 1.0
+    return place.to(device)
+
+
+def widen_width(d_qk: int, d_v: int, n_codes: int, device: torch.device, align: int | None = None) -> int:
+    """Head width of the widened call: d_v + n_codes (at least d_qk) rounded up to `align`.
+
+    align None: 1 on CPU (its fused kernel takes any width, and each extra column costs time: head dim 64,
+    T = 2560, one thread: +8-10% for one extra column, +12-21% for eight), 8 elsewhere (a GPU's fused
+    kernels need a multiple of 8: SDPA at width 130 runs 3.7x slower than at 128, at 136 1.4x).
+    """
+    align = (1 if device.type == "cpu" else 8) if align is None else int(align)
+    if align < 1:
+        raise ValueError(f"widening alignment must be >= 1, got {align}")
+    return -(-max(d_qk, d_v + n_codes) // align) * align
+
+
 def widen_for_mass(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: torch.Tensor, codes: list[int],
-    scratch: dict | None = None,
+    scratch: dict | None = None, *, onehot: torch.Tensor | None = None, align: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of one attention call widened so its output also carries each query's mass per segment in `codes`.
 
-    value [b, kv, T, dv] gets the one-hot columns of `codes` (from segments [b, T]) after its own
-    columns; q, k and v are zero-padded to one common width (flash kernels need equal head dims; zero
-    columns leave every q.k unchanged), on accelerators a multiple of 8 so the fused kernels still apply.
-    On CPU the width is not rounded: the kernel's time grows with the width (head dim 64, T = 2560, one
-    thread: +8-10% for one extra column, +12-21% for eight), and every width runs the same fused kernel.
-    The kernel must then be given the original `scaling` explicitly. Output columns [dv, dv + len(codes))
-    are the masses, in the value dtype.
+    value [b, kv, T, dv] gets the one-hot columns of `codes` (from segments [b, T], or `onehot`
+    [b, T, len(codes)] computed once per batch by `code_onehot`) after its own columns; q, k and v are
+    zero-padded to one common width `widen_width(...)` (flash kernels need equal head dims; zero columns
+    leave every q.k unchanged). The kernel must then be given the original `scaling` explicitly.
+    Output columns [dv, dv + len(codes)) are the masses, in the value dtype. Reads nothing on the host
+    when `onehot` is given.
 
     `scratch` (a dict the caller owns for one batch): when no autograd graph is needed, the wide tensors
     are kept there and reused by the next call of the same shapes, so only q, k, v are copied in (their
@@ -153,51 +182,50 @@ def widen_for_mass(
     that next call.
     """
     batch, kv, seq, dv = value.shape
-    align = 1 if value.device.type == "cpu" else 8
-    width = -(-max(query.shape[-1], dv + len(codes)) // align) * align
+    width = widen_width(query.shape[-1], dv, len(codes), value.device, align)
+    if onehot is None:
+        onehot = code_onehot(segments, codes)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     if scratch is not None and not grad:
         sig = (query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype, value.device,
                torch.is_inference_mode_enabled(), width)
         if sig not in scratch:
             scratch[sig] = (query.new_zeros((*query.shape[:-1], width)), key.new_zeros((*key.shape[:-1], width)),
-                            _wide_value(value, segments, codes, width))
+                            _wide_value(value, onehot, width))
         wide_q, wide_k, wide_v = scratch[sig]
         wide_q[..., : query.shape[-1]].copy_(query)
         wide_k[..., : key.shape[-1]].copy_(key)
         wide_v[..., :dv].copy_(value)
         return wide_q, wide_k, wide_v
-    wide = _wide_value(value, segments, codes, width)
+    wide = _wide_value(value, onehot, width)
     wide[..., :dv] = value
     pad = torch.nn.functional.pad
     return pad(query, (0, width - query.shape[-1])), pad(key, (0, width - key.shape[-1])), wide
 
 
-def _wide_value(value: torch.Tensor, segments: torch.Tensor, codes: list[int], width: int) -> torch.Tensor:
-    """Zeros of value's shape at `width`, with the one-hot columns of `codes` after value's own columns."""
+def _wide_value(value: torch.Tensor, onehot: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros of value's shape at `width`, with the one-hot columns ([b, T, n] bool) after value's own columns."""
     batch, kv, seq, dv = value.shape
-    codes_t = torch.tensor(codes, device=segments.device, dtype=segments.dtype)
-    onehot = (segments[..., None] == codes_t).to(value.dtype)  # [b, T, w]
     wide = value.new_zeros((batch, kv, seq, width))
-    wide[..., dv : dv + len(codes)] = onehot[:, None]
+    wide[..., dv : dv + onehot.shape[-1]] = onehot.to(device=value.device, dtype=value.dtype)[:, None]
     return wide
 
 
 def shares_from_mass(mass: torch.Tensor, segments: torch.Tensor, codes: list[int],
-                     weights: torch.Tensor | None = None) -> torch.Tensor:
+                     weights: torch.Tensor | None = None, placement: torch.Tensor | None = None) -> torch.Tensor:
     """Per-source mean mass per segment from per-query masses: mass [b, T, head, len(codes)] -> [b, head, 3, n_segments].
 
     TEXT gets the rest of each query's unit mass; segments absent from the batch get 0; NaN where a
-    source has no query. `weights`: source_weights(segments), when the caller has them already.
+    source has no query. `weights`: source_weights(segments), `placement`: code_placement(codes), when the
+    caller has them already (then nothing is read on the host).
     """
-    batch, seq, heads, _ = mass.shape
     weights = source_weights(segments) if weights is None else weights  # [b, 3, T]
+    placement = code_placement(codes, mass.device) if placement is None else placement
     used = (weights.sum(dim=1) > 0)[:, :, None, None]
     # queries nobody averages over may be fully masked (NaN rows): drop them rather than multiply NaN by 0
     mass = torch.where(used, mass.to(torch.float64), 0.0)
     part = torch.einsum("bnhs,bcn->bhcs", mass, weights.to(torch.float64))  # [b, h, 3, w]
-    share = torch.zeros((batch, heads, N_SOURCES, N_SEGMENTS), dtype=torch.float64, device=mass.device)
-    share[..., codes] = part
+    share = part @ placement  # [b, h, 3, n_segments]: each code's mass in its segment's column
     share[..., int(Segment.TEXT)] = weights.sum(dim=2).to(torch.float64)[:, None] - part.sum(dim=-1)
     empty = weights.sum(dim=2) == 0  # [b, 3]
     return share.to(torch.float32).masked_fill(empty[:, None, :, None], float("nan"))
@@ -212,17 +240,22 @@ def attention_shares(
     mask: MaskSource,
     block: int | None,
     softcap: float | None = None,
+    weights: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean attention mass per segment for each source: -> [batch, head, 3, n_segments] float32, NaN if no query.
 
     Only the queries some source averages over are ever formed; `block` None means all at once.
+    `weights` / `pos`: source_weights(segments) / needed_positions(weights), when the caller has them already.
+    This is the second-pass fallback (dropout active): it trims each block's keys to those its queries may
+    see, which reads one number per block on the host.
     """
     batch, heads = query.shape[:2]
-    weights = source_weights(segments)
-    pos = needed_positions(weights)
+    weights = source_weights(segments) if weights is None else weights
+    pos = needed_positions(weights) if pos is None else pos
     w = weights.gather(2, pos.clamp_min(0)[:, None, :].expand(batch, N_SOURCES, pos.shape[1]))
     w = w.masked_fill((pos < 0)[:, None, :], 0.0)  # [b, 3, n]
-    onehot = torch.nn.functional.one_hot(segments.long().clamp_min(0), N_SEGMENTS).to(torch.float32)  # [b, T, S]
+    onehot = (segments[..., None] == torch.arange(N_SEGMENTS, device=segments.device)).to(torch.float32)  # [b, T, S]
     # float64 accumulator: thousands of per-block partial sums would otherwise drift by ~1e-6
     share = torch.zeros((batch, heads, N_SOURCES, N_SEGMENTS), dtype=torch.float64, device=query.device)
     n = pos.shape[1]

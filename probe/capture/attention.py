@@ -40,6 +40,18 @@ class LayerAttention:
     queries: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _BatchOnDevice:
+    """What the recorder's hook needs from the batch, on one device: computed before the forward, read by none."""
+
+    segments: torch.Tensor  # [batch, seq] long
+    qpos: torch.Tensor  # [batch, Q] long, -1 absent
+    weights: torch.Tensor  # [batch, 3, seq] float32: source_weights
+    onehot: torch.Tensor  # [batch, seq, len(codes)] bool: the mass columns
+    placement: torch.Tensor  # [len(codes), n_segments] float64
+    needed: torch.Tensor | None  # needed_positions(weights), for the second-pass fallback (dropout)
+
+
 class AttentionRecorder:
     """Context manager recording exact attention statistics of chosen decoder layers.
 
@@ -68,6 +80,7 @@ class AttentionRecorder:
         queries: bool = False,
         blockwise_above: int = 1024,
         block_size: int = 256,
+        widen_align: int | None = None,
     ) -> None:
         if blockwise_above < 1 or block_size < 1:
             raise ValueError(f"blockwise_above and block_size must be positive, got {blockwise_above}, {block_size}")
@@ -79,35 +92,64 @@ class AttentionRecorder:
         self.shares, self.rows, self.keys, self.queries = shares, rows, keys, queries
         self.blockwise_above = blockwise_above
         self.block_size = block_size
+        self.widen_align = widen_align  # head-width rounding of the widened call (None: _attn_math.widen_width's rule)
         self.results: dict[int, LayerAttention] = {}
         self._segments: torch.Tensor | None = None
         self._query_positions: torch.Tensor | None = None
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[torch.device, _BatchOnDevice] = {}
         self._attachment: Attachment | None = None
         self._codes: list[int] = []
         self._scratch: dict = {}  # the widened q/k/v of the current batch, reused layer to layer
 
     # --- batch ---------------------------------------------------------------------
-    def set_batch(self, segments: torch.Tensor, query_positions: torch.Tensor | None = None) -> None:
-        """Segments [batch, seq] (Segment codes) and query_positions [batch, Q] (padded, -1 absent) of the next forward."""
+    def set_batch(self, segments: torch.Tensor, query_positions: torch.Tensor | None = None,
+                  host_segments: torch.Tensor | None = None) -> None:
+        """Segments [batch, seq] (Segment codes) and query_positions [batch, Q] (padded, -1 absent) of the next forward.
+
+        Everything the forward needs from the batch (segment codes, one-hot columns, per-source query weights) is
+        computed here, once, on the segments' device: the forward itself then reads nothing on the host. Give the
+        segments on the model's device; `host_segments` (the same on the CPU, when the caller has them) spares the
+        one device->host read of the batch's codes.
+        """
         if segments.dim() != 2 or segments.is_floating_point():
             raise ValueError(f"segments must be an integer [batch, seq] tensor, got {tuple(segments.shape)} {segments.dtype}")
-        if segments.numel() and not (0 <= int(segments.min()) and int(segments.max()) < len(Segment)):
-            raise ValueError(f"segments must hold Segment codes 0..{len(Segment) - 1}, got {int(segments.min())}..{int(segments.max())}")
         if query_positions is None:
-            query_positions = torch.empty((segments.shape[0], 0), dtype=torch.long)
+            query_positions = torch.empty((segments.shape[0], 0), dtype=torch.long, device=segments.device)
         if query_positions.dim() != 2 or query_positions.shape[0] != segments.shape[0]:
             raise ValueError(
                 f"query_positions must be [batch={segments.shape[0]}, Q], got {tuple(query_positions.shape)}"
             )
-        if query_positions.numel() and int(query_positions.max()) >= segments.shape[1]:
+        host = (segments if host_segments is None else host_segments).cpu()
+        if host.numel() and not (0 <= int(host.min()) and int(host.max()) < len(Segment)):
+            raise ValueError(f"segments must hold Segment codes 0..{len(Segment) - 1}, got {int(host.min())}..{int(host.max())}")
+        # one read per batch; skipped for positions on a device when the caller built them from `host_segments`
+        checked = query_positions.device.type == "cpu" or host_segments is None
+        if checked and query_positions.numel() and int(query_positions.max()) >= segments.shape[1]:
             raise ValueError(f"query_positions reach {int(query_positions.max())}, beyond seq {segments.shape[1]}")
         self._segments = segments.long()
         self._query_positions = query_positions.long()
-        self._codes = _attn_math.mass_codes(self._segments)
+        self._codes = _attn_math.mass_codes(host)
         self._on_device = {}
+        self._prepare(segments.device)
         self._scratch = {}
         self.results = {}
+
+    def _prepare(self, device: torch.device) -> _BatchOnDevice:
+        """The batch's per-forward constants on `device` (computed once per batch and device)."""
+        if device not in self._on_device:
+            segments = self._segments.to(device)
+            weights = _attn_math.source_weights(segments)
+            fallback = self.shares and self._may_drop_out()
+            self._on_device[device] = _BatchOnDevice(
+                segments, self._query_positions.to(device), weights,
+                _attn_math.code_onehot(segments, self._codes), _attn_math.code_placement(self._codes, device),
+                _attn_math.needed_positions(weights) if fallback else None)
+        return self._on_device[device]
+
+    def _may_drop_out(self) -> bool:
+        """Whether a recorded layer may run with dropout (training mode): the shares' second pass needs positions."""
+        return any(m.training and float(getattr(m, "attention_dropout", 0.0) or 0.0) > 0
+                   for i, m in enumerate(self._attention_modules) if i in self._layers)
 
     def reset(self) -> None:
         """Forget recorded results (the batch stays set)."""
@@ -147,11 +189,12 @@ class AttentionRecorder:
         for name in _UNSUPPORTED_KWARGS:
             if call.kwargs.get(name) is not None:
                 raise NotImplementedError(f"decoder layer {layer}: attention with {name!r} is not supported by the recorder")
-        segments, qpos, source_weights = self._device_batch(query.device)
+        dev = self._prepare(query.device)
+        segments, qpos = dev.segments, dev.qpos
         out = LayerAttention()
         fused = self.shares and not call.kwargs.get("dropout")
         if fused:
-            output, weights = self._fused(call, proceed, segments, source_weights, out)
+            output, weights = self._fused(call, proceed, dev, out)
         else:
             output, weights = proceed(call)
         with torch.no_grad():
@@ -161,7 +204,9 @@ class AttentionRecorder:
                 block = self.block_size if seq > self.blockwise_above else None
                 opts = dict(scaling=scaling, mask=mask, block=block, softcap=call.kwargs.get("softcap"))
                 if self.shares and not fused:
-                    out.share = _attn_math.attention_shares(query, key, segments, **opts)
+                    needed = dev.needed if dev.needed is not None else _attn_math.needed_positions(dev.weights)
+                    out.share = _attn_math.attention_shares(query, key, segments, weights=dev.weights, pos=needed,
+                                                            **opts)
                 if self.rows:
                     out.rows = _attn_math.attention_rows(query, key, qpos, **opts)
             if self.keys:
@@ -171,13 +216,12 @@ class AttentionRecorder:
         self.results[layer] = out
         return output, weights
 
-    def _fused(self, call: AttentionCall, proceed: Proceed, segments: torch.Tensor, source_weights: torch.Tensor,
-               out: LayerAttention) -> Output:
+    def _fused(self, call: AttentionCall, proceed: Proceed, dev: _BatchOnDevice, out: LayerAttention) -> Output:
         """Run the call with the mass columns appended to value; keep the masses, return the model's own columns."""
         dv, n = call.value.shape[-1], len(self._codes)
         # differentiable in q, k, v: under autograd the model's own output keeps its graph
-        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, segments, self._codes,
-                                                      self._scratch)
+        query, key, value = _attn_math.widen_for_mass(call.query, call.key, call.value, dev.segments, self._codes,
+                                                      self._scratch, onehot=dev.onehot, align=self.widen_align)
         output, weights = proceed(call.replace(query=query, key=key, value=value, scaling=call.scaling))
         if len(self.results) + 1 == len(self._layers):  # the last recorded layer: free the buffers before the head
             self._scratch = {}
@@ -186,16 +230,9 @@ class AttentionRecorder:
                 f"decoder layer {call.layer}: attention returned width {output.shape[-1]} for values of width "
                 f"{value.shape[-1]}; a hook attached after the recorder must keep the extra value columns"
             )
-        out.share = _attn_math.shares_from_mass(output[..., dv : dv + n].detach(), segments, self._codes,
-                                                source_weights)
+        out.share = _attn_math.shares_from_mass(output[..., dv : dv + n].detach(), dev.segments, self._codes,
+                                                dev.weights, dev.placement)
         return output[..., :dv], weights
-
-    def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Segments, query positions and per-source query weights of the batch on `device` (once per batch)."""
-        if device not in self._on_device:
-            segments = self._segments.to(device)
-            self._on_device[device] = (segments, self._query_positions.to(device), _attn_math.source_weights(segments))
-        return self._on_device[device]
 
     def _mask_source(self, call: AttentionCall, segments: torch.Tensor) -> MaskSource:
         layer, module, mask = call.layer, call.module, call.attention_mask

@@ -31,7 +31,8 @@ def pool_segments(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
 
     hidden: [batch, seq, d], segments: [batch, seq] -> [batch, n_segments, d] float32.
     """
-    onehot = torch.nn.functional.one_hot(segments.long(), N_SEGMENTS).to(torch.float32)  # [b, T, S]
+    # a comparison, not F.one_hot: one_hot checks the codes' range on the host (a GPU sync in every layer's tap)
+    onehot = (segments.long()[..., None] == torch.arange(N_SEGMENTS, device=segments.device)).to(torch.float32)
     sums = torch.einsum("bts,btd->bsd", onehot, hidden.to(torch.float32))
     onehot[..., Segment.PAD] = 0.0
     counts = onehot.sum(dim=1).unsqueeze(-1)  # [b, S, 1]

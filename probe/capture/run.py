@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from probe.capture.recordables import tl_sites
-from probe.capture.session import SOURCES, Capture
+from probe.capture.overlap import Behind
+from probe.capture.session import SOURCES, Capture, Gathered, to_device
 from probe.capture.spec import CaptureSpec
 from probe.capture.vocab import VOCAB_GROUP, write_vocab
 from probe.data.example import Example
@@ -251,21 +252,28 @@ def _capture_into(out: Path, writer: TraceStoreWriter | None, cap: Capture, exam
     n_before = len(done)
     bar = progress_bar(total=n_before + len(checked.examples), initial=n_before, desc="capture",
                unit="ex", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(checked.examples), spec.batch_size):
-        batch_examples = checked.examples[start : start + spec.batch_size]
-        batch = adapter.build_inputs(batch_examples, padding_side=spec.padding_side)
-        batch = batch.to(next(adapter.model.parameters()).device)
-        n_positions = max_positions or checked.max_len
-        rows = cap.collect(batch, _forward(cap, batch), n_positions=n_positions)
-        if writer is None:
-            writer = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
-        writer.append(
-            [ex.id for ex in batch_examples],
-            _example_coords(batch_examples, labels),
-            _stack_rows(rows, writer.variables),
-        )
+    device = next(adapter.model.parameters()).device
+    n_positions = max_positions or checked.max_len
+    store = {"writer": writer}
+
+    def write(gathered: Gathered, batch_examples: list[Example]) -> None:
+        # in the writer thread, while the next batch computes: wait for the transfer, unpad, append
+        rows = gathered.rows(n_positions)
+        if store["writer"] is None:
+            store["writer"] = _create_writer(out, cap, rows[0], checked, labels, attrs, examples_per_chunk)
+        store["writer"].append([ex.id for ex in batch_examples], _example_coords(batch_examples, labels),
+                               _stack_rows(rows, store["writer"].variables))
         bar.update(len(batch_examples))
+
+    with Behind() as behind:
+        for start in range(0, len(checked.examples), spec.batch_size):
+            batch_examples = checked.examples[start : start + spec.batch_size]
+            host = adapter.build_inputs(batch_examples, padding_side=spec.padding_side)
+            batch = to_device(host, device)
+            saved = _forward(cap, batch, host)
+            behind.submit(functools.partial(write, cap.gather(batch, saved, host), batch_examples))
     bar.close()
+    writer = store["writer"]
     for example_id, reason in checked.skipped:
         writer.record_skipped(example_id, reason)
     return writer.close()
@@ -281,8 +289,8 @@ def _nothing_to_capture(examples: Sequence[Example], skipped: Sequence[tuple[str
 
 
 @torch.inference_mode()
-def _forward(cap: Capture, batch) -> dict:
-    with cap.recording(batch):
+def _forward(cap: Capture, batch, host=None) -> dict:
+    with cap.recording(batch, host):
         with cap.envoy.trace(**batch.inputs):
             saved = cap.tap(batch)
     return saved

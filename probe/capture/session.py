@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from nnsight import NNsight
 
-from probe.capture.attention import AttentionRecorder
+from probe.capture.attention import AttentionRecorder, LayerAttention
 from probe.capture.reduce import query_positions, remap_positions, to_unpadded, unpadded_index
 from probe.capture.recordables import ATTENTION, selected
 from probe.capture.spec import CaptureSpec
@@ -53,14 +55,21 @@ class Capture:
             blockwise_above=spec.blockwise_above,
             block_size=spec.block_size,
         )
-        self._qpos: torch.Tensor | None = None
+        self._qpos: torch.Tensor | None = None  # query positions of the batch being recorded, on its device
+        self._qpos_host: torch.Tensor | None = None
 
     @contextmanager
-    def recording(self, batch: ModelInputs) -> Iterator["Capture"]:
-        """Install the attention recorder for one forward pass over `batch`."""
-        self._qpos = query_positions(batch.segments, self.spec.max_answer_tokens)
+    def recording(self, batch: ModelInputs, host_batch: ModelInputs | None = None) -> Iterator["Capture"]:
+        """Install the attention recorder for one forward pass over `batch`.
+
+        `host_batch`: the same batch on the CPU (as built, before moving it to the model's device), when the caller
+        has it: the batch's bookkeeping is then computed from it without reading the device.
+        """
+        host = (batch if host_batch is None else host_batch).segments.cpu()
+        self._qpos_host = query_positions(host, self.spec.max_answer_tokens)
+        self._qpos = _to(self._qpos_host, batch.segments.device)
         self.recorder.reset()
-        self.recorder.set_batch(batch.segments, self._qpos)
+        self.recorder.set_batch(batch.segments, self._qpos, host_segments=host)
         with self.recorder:
             yield self
 
@@ -78,12 +87,109 @@ class Capture:
                 saved = self.tap(batch)
             return self.collect(batch, saved)
 
-    def collect(self, batch: ModelInputs, saved: dict[Any, Any], n_positions: int | None = None) -> list[dict[str, np.ndarray]]:
+    def collect(self, batch: ModelInputs, saved: dict[Any, Any], n_positions: int | None = None,
+                host_batch: ModelInputs | None = None) -> list[dict[str, np.ndarray]]:
         """Per-example arrays (positions unpadded, padded to `n_positions` with NaN / -1), one per selected recordable."""
-        segs = batch.segments.cpu()
-        qpos = self._qpos.cpu() if self._qpos is not None else query_positions(segs, self.spec.max_answer_tokens)
-        view = BatchView(self.adapter, batch, saved, self.recorder.results, self.layers, qpos, n_positions)
-        return [{r.name: r.row(view, b) for r in self.recordables} for b in range(len(view.lengths))]
+        return self.gather(batch, saved, host_batch).rows(n_positions)
+
+    def gather(self, batch: ModelInputs, saved: dict[Any, Any], host_batch: ModelInputs | None = None) -> "Gathered":
+        """Start moving everything the last forward recorded to the host, in one transfer per device; waits for nothing.
+
+        On CUDA the copies go into one pinned buffer, non-blocking, behind the forward's kernels; `Gathered.rows`
+        waits for them (once). `host_batch`: the batch on the CPU, if the caller has it (else it is copied back).
+        """
+        names, tensors = [], []
+        for layer, res in self.recorder.results.items():
+            for attr in ("share", "rows", "keys", "queries"):
+                if getattr(res, attr) is not None:
+                    names.append(("attention", layer, attr))
+                    tensors.append(getattr(res, attr))
+        for key, value in saved.items():
+            if isinstance(value, torch.Tensor):
+                names.append(("saved", key))
+                tensors.append(value)
+        moved, ready = to_host(tensors)
+        attention: dict[int, LayerAttention] = {i: LayerAttention() for i in self.recorder.results}
+        host_saved = dict(saved)
+        for name, t in zip(names, moved):
+            if name[0] == "attention":
+                setattr(attention[name[1]], name[2], t)
+            else:
+                host_saved[name[1]] = t
+        if host_batch is None:
+            host_batch = batch if batch.segments.device.type == "cpu" else batch.to("cpu")
+        qpos = getattr(self, "_qpos_host", None)
+        if qpos is None or qpos.shape[0] != host_batch.segments.shape[0]:
+            qpos = query_positions(host_batch.segments, self.spec.max_answer_tokens)
+        return Gathered(self, host_batch, host_saved, attention, qpos, ready)
+
+
+@dataclass
+class Gathered:
+    """One batch's recorded tensors on their way to the host (from `Capture.gather`)."""
+
+    capture: Capture
+    batch: ModelInputs  # on the CPU
+    saved: dict[Any, Any]
+    attention: dict[int, LayerAttention]
+    qpos: torch.Tensor
+    ready: list[Any]  # CUDA events the host copies complete at
+
+    def rows(self, n_positions: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Per-example arrays in store layout (waits for the transfer; safe to call from another thread)."""
+        for event in self.ready:
+            event.synchronize()
+        cap = self.capture
+        view = BatchView(cap.adapter, self.batch, self.saved, self.attention, cap.layers, self.qpos, n_positions)
+        return [{r.name: r.row(view, b) for r in cap.recordables} for b in range(len(view.lengths))]
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device` without waiting (pinned, non-blocking on CUDA)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def to_device(batch: ModelInputs, device: torch.device | str) -> ModelInputs:
+    """`batch.to(device)` without waiting for the device (pinned, non-blocking copies on CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return batch.to(device)
+    moved = {k: (_to(v, device) if isinstance(v, torch.Tensor) else v) for k, v in batch.inputs.items()}
+    labels = _to(batch.labels, device) if batch.labels is not None else None
+    return replace(batch, inputs=moved, segments=_to(batch.segments, device), labels=labels)
+
+
+def to_host(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Any]]:
+    """Host copies of `tensors` and the CUDA events they are complete at: one pinned buffer per device.
+
+    CPU tensors come back as they are (detached). Copies from CUDA are non-blocking into slices of one pinned
+    buffer, so the host waits once per batch (event.synchronize()), not once per tensor.
+    """
+    out = [t.detach() for t in tensors]
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(out):
+        if t.device.type != "cpu":
+            by_device[t.device].append(i)
+    events = []
+    for device, idx in by_device.items():
+        cuda = device.type == "cuda"
+        offsets, total = [], 0
+        for i in idx:
+            offsets.append(total)
+            total += -(-out[i].numel() * out[i].element_size() // 16) * 16  # 16-byte aligned slices
+        buffer = torch.empty(total, dtype=torch.uint8, pin_memory=cuda)
+        for i, off in zip(idx, offsets):
+            t = out[i]
+            dst = buffer[off : off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+            dst.copy_(t, non_blocking=cuda)
+            out[i] = dst
+        if cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events.append(event)
+    return out, events
 
 
 class BatchView:

@@ -133,3 +133,26 @@ def test_bf16_error_is_bounded(tiny_factory, batch_factory):
         ref = _attn_math.attention_shares(got.queries, got.keys, segments, scaling=attn[layer].scaling, mask=mask, block=None)
         err = (got.share - ref).abs().nan_to_num().max().item()
         assert 0 < err < 2e-2, err  # nonzero: bf16 rounding is really there; see the benchmark for realistic shapes
+
+
+@pytest.mark.parametrize("align", [1, 8, 16])
+def test_widened_width_rounding_stays_exact(gemma3, align):
+    """The widened call at any head-width rounding (--widen-align; GPUs need a multiple of 8) == eager, and the
+    model's own output is unchanged; the width is what the rule says (head dim 16 + the batch's mass columns)."""
+    model, attn = gemma3
+    inputs, segments, qpos = gemma_batch("right")
+    eager_model = copy.deepcopy(model)
+    eager_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = eager_model(**inputs, output_attentions=True)
+    rec = AttentionRecorder(attn, [0, 1], widen_align=align)
+    rec.set_batch(segments, qpos)
+    with torch.no_grad(), rec:
+        got = model(**inputs).logits
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    n_codes = len(_attn_math.mass_codes(segments))
+    assert _attn_math.widen_width(16, 16, n_codes, torch.device("cpu"), align) == -(-(16 + n_codes) // align) * align
+    for layer, a in enumerate(eager.attentions):
+        torch.testing.assert_close(rec.results[layer].share.double(), oracle_shares(a, segments), atol=ATOL, rtol=RTOL,
+                                   equal_nan=True)
