@@ -65,21 +65,33 @@ def eval_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickled LoRA adapter_model.bin (runs code if crafted)"),
     choices: Optional[Path] = typer.Option(
         None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table (every column, full precision) as JSON"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="also write the table (every column, full precision) as CSV"),
 ) -> None:
     """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
     from rich.console import Console
 
     from probe.data.manifest import read_manifest
-    from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
+    from probe.eval.dependence import dependence_rows, evaluate_dependence, format_dependence_table, save_dependence
     from probe.models import load_model
 
     examples = read_manifest(manifest)
     ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
                              batch_size=batch_size, choices_file=choices)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
+    _write_table(dependence_rows(ds), json_out, csv_out, {"title": f"visual dependence: {model}", "manifest": str(manifest)})
     if out is not None:
         save_dependence(ds, out)
         typer.echo(f"saved to {out} (group 'eval')")
+
+
+def _write_table(rows: list, json_out: Optional[Path], csv_out: Optional[Path], meta: dict) -> None:
+    """Write a printed table's rows to --json / --csv when given."""
+    from probe.tables import write_rows
+
+    for path, fmt in ((json_out, "json"), (csv_out, "csv")):
+        if path is not None:
+            typer.echo(f"table written to {write_rows(rows, path, fmt=fmt, meta=meta)}")
 
 
 @app.command("analyze")
