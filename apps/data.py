@@ -89,7 +89,8 @@ def default_pair(root: str | Path, stores: list[str]) -> tuple[str | None, str |
 
     Rule: a store holding a saved comparison (`probe compare --save`) whose before-store is under ROOT gives the
     pair (the most recent save when several do); else, with exactly two stores, the earlier-created one is before and
-    the other after (the quickstart's base → ko_ft); else the first store alone.
+    the other after (the quickstart's base → ko_ft; creation = the `created` attr, else the last commit's time);
+    else the first store alone.
     """
     from probe.analysis.saved import COMPARE, INDEX, SavedResultsError, saved_index
     from probe.store import StoreError
@@ -113,7 +114,8 @@ def default_pair(root: str | Path, stores: list[str]) -> tuple[str | None, str |
         return before, after
     if len(stores) == 2:
         try:
-            created = [str(TraceStore.open(root / s).attrs.get("created", "")) for s in stores]
+            created = [(str(TraceStore.open(root / s).attrs.get("created", "")), (root / s / "zarr.json").stat().st_mtime_ns)
+                       for s in stores]
         except (StoreError, OSError):
             return stores[0], None
         order = sorted(range(2), key=lambda i: (created[i], stores[i]))

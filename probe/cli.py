@@ -121,6 +121,8 @@ def compare_cmd(
     intersect: bool = typer.Option(False, "--intersect", help="compare on what both stores share instead of refusing (listed at the top)"),
     save: bool = typer.Option(False, "--save", help="also write every result into the AFTER store as group compare/<name> "
                               "(the dashboard's overview reads its verdict from there)"),
+    manifests: list[Path] = typer.Option([], "--manifest", help="JSONL manifest holding the examples' images, for the "
+                                         "report's example pictures (repeatable)"),
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
     from probe.report import compare
@@ -128,7 +130,8 @@ def compare_cmd(
 
     for path in (before, after):
         TraceStore.open(path)  # a non-store path fails here in one line, before any analysis
-    compare(before, after, out, out.with_suffix(".json"), intersect=intersect, save_to=after if save else None)
+    compare(before, after, out, out.with_suffix(".json"), intersect=intersect, save_to=after if save else None,
+            manifests=manifests)
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
 
 
