@@ -67,8 +67,13 @@ def eval_cmd(
         None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table (every column, full precision) as JSON"),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="also write the table (every column, full precision) as CSV"),
+    protocol: str = typer.Option("dependence", "--protocol", help="dependence (real / blank / mismatched images) or pope "
+                                 "(yes/no object questions over labels.objects; random, popular, adversarial negatives)"),
+    seed: int = typer.Option(0, "--seed", help="pope: the seed of the negative sampling"),
 ) -> None:
-    """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
+    """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type.
+
+    With --protocol pope: POPE accuracy, precision, recall, F1 and yes-ratio per negative set and language."""
     from rich.console import Console
 
     from probe.data.manifest import read_manifest
@@ -76,6 +81,19 @@ def eval_cmd(
     from probe.models import load_model
 
     examples = read_manifest(manifest)
+    if protocol not in ("dependence", "pope"):
+        raise typer.BadParameter(f"--protocol must be dependence or pope, got {protocol!r}")
+    if protocol == "pope":
+        from probe.eval.pope import PopeConfig, evaluate_pope, format_pope_table, pope_rows
+
+        pope = evaluate_pope(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
+                             PopeConfig(seed=seed, batch_size=batch_size))
+        Console().print(format_pope_table(pope, title=f"POPE: {model}"))
+        _write_table(pope_rows(pope), json_out, csv_out, {"title": f"POPE: {model}", "manifest": str(manifest), "seed": seed})
+        if out is not None:
+            save_dependence(pope, out, group="pope")
+            typer.echo(f"saved to {out} (group 'pope')")
+        return
     ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
                              batch_size=batch_size, choices_file=choices)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))

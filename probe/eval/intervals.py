@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -61,5 +62,7 @@ def cluster_count_ci(
     with np.errstate(invalid="ignore", divide="ignore"):
         boots = np.asarray(statistic(draws @ per_unit), dtype=np.float64)  # [B, m]
     alpha = (1.0 - config.ci) / 2.0
-    low, high = np.nanpercentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    with warnings.catch_warnings():  # a statistic undefined in every resample gives a NaN interval, said by the NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0)
     return value, low, high

@@ -129,13 +129,17 @@ def sample_questions(images: Sequence[_Image], setting: str, seed: int, per_imag
 def pope_examples(examples: Sequence[Example], config: PopeConfig = PopeConfig()) -> list[Example]:
     """The POPE questions of every setting and language of `examples` (question_type = the setting)."""
     images = _images(examples)
+    names: dict[str, dict[str, str]] = {}  # an absent object is named as the images that hold it name it
+    for im in images:
+        for lang, words in im.names.items():
+            names.setdefault(lang, {}).update(words)
     langs = sorted({ex.lang for ex in examples if ex.labels.get("objects") is not None})
     out = []
     for setting in config.settings:
         for i, obj, present in sample_questions(images, setting, config.seed, config.per_image):
             im = images[i]
             for lang in langs:
-                word = im.names.get(lang, {}).get(obj, obj)
+                word = names.get(lang, {}).get(obj, obj)
                 yes, no = ANSWERS[lang] if lang in ANSWERS else ANSWERS["en"]
                 out.append(Example(
                     id=f"pope-{setting}-{i:05d}-{obj}-{lang}", image=im.image, prompt=question(word, lang),
