@@ -23,6 +23,7 @@ RULE = ("the first {n} image-dependent examples of each language in the before s
         "(chosen without looking at any result); colour: the last prompt token's attention on each visual token's box, "
         "averaged over layers and heads, on one scale per example (the larger maximum of the two)")
 _HEAT = [[0.0, "rgba(255,255,255,0)"], [0.25, "rgba(255,200,0,0.55)"], [1.0, "rgba(200,0,0,0.9)"]]
+MAX_SIDE = 96  # pixels of the painted raster's longer side (a visual token covers several even on a 24×24 grid)
 _NEEDS = ("attn_pattern", "segment_ids", "visual_box", "image_size")
 
 
@@ -52,19 +53,26 @@ def last_prompt_attention(ds: xr.Dataset, example: str) -> tuple[np.ndarray, np.
     return np.asarray(row, dtype=np.float64)[vis], boxes, size
 
 
-def _picture(path: str | Path | None, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """The image greyed and lightened at display size (a grey canvas when it cannot be read), and its caption."""
+def _picture(path: str | Path | None, size: tuple[int, int]) -> tuple[str, str]:
+    """The image greyed and lightened at display size as a PNG data URI (a grey canvas when it cannot be read), and its
+    caption. A PNG keeps the page small: a raw pixel array would be written into the page as JSON numbers."""
+    import base64
+    import io
+
     from PIL import Image
 
-    h, w, _ = display_size(size)
+    h, w, _ = display_size(size, MAX_SIDE)
+    grey, caption = np.full((h, w), 200.0), "image not available: grey canvas"
     if path is not None:
         try:
             with Image.open(path) as im:
-                grey = np.asarray(im.convert("L").resize((w, h)), dtype=np.float64)
-            return (0.45 * grey + 0.55 * 255)[..., None].repeat(3, -1).astype(np.uint8), Path(path).name
+                grey = 0.45 * np.asarray(im.convert("L").resize((w, h)), dtype=np.float64) + 0.55 * 255
+            caption = Path(path).name
         except OSError:
             pass
-    return np.full((h, w, 3), 200, np.uint8), "image not available: grey canvas"
+    buf = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint8), "L").convert("RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), caption
 
 
 def image_paths(ds: xr.Dataset, manifests: Sequence[str | Path] = ()) -> dict[str, str]:
@@ -96,8 +104,8 @@ def example_figures(before: Any, after: Any, manifests: Sequence[str | Path] = (
         fig = make_subplots(1, 2, subplot_titles=(f"before: {vb.sum() * 100:.1f}% on the image",
                                                   f"after: {va.sum() * 100:.1f}% on the image"), horizontal_spacing=0.04)
         for col, v in ((1, vb), (2, va)):
-            fig.add_trace(go.Image(z=picture, hoverinfo="skip"), 1, col)
-            fig.add_trace(go.Heatmap(z=paint(v, boxes, size), coloraxis="coloraxis",
+            fig.add_trace(go.Image(source=picture, hoverinfo="skip"), 1, col)
+            fig.add_trace(go.Heatmap(z=paint(v, boxes, size, max_side=MAX_SIDE).astype(np.float32), coloraxis="coloraxis",
                                      hovertemplate="%{z:.4f}<extra></extra>"), 1, col)
         fig.update_layout(title=f"{ex} ({caption})", coloraxis=dict(colorscale=_HEAT, cmin=0, cmax=zmax,
                                                                      colorbar=dict(title="attention", thickness=10)),
