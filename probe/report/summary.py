@@ -263,7 +263,9 @@ def eval_tables(ev: Any) -> list[str]:
             "(mismatched); visual dependence: the share of image-dependent questions answered right with the real image "
             "and with the other image's answer when shown another example's image. [low–high]: 95% cluster-bootstrap intervals over independent units. "
             "Δ in bold: the two stores' intervals do not overlap.</p>")
-    return [note + "<div class='cols'>" + "".join(parts) + "</div>"]
+    # side by side while the page is wide enough, each table below the previous one otherwise (never overlapping)
+    return [note + "<div style='display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start;white-space:nowrap'>"
+            + "".join(parts) + "</div>"]
 
 
 def mean_over_heads_table(r: xr.Dataset) -> list[str]:
