@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from apps.data import filter_options, open_dataset, store_groups
+from apps.data import default_pair, filter_options, open_dataset, store_groups
 from apps.paths import PathRefused, check_tree_under_root, discover, resolve_under_root
 from apps.views import example, heads, interventions, keyspace, overview, similarity
 from apps.views.context import ViewContext
@@ -40,6 +40,11 @@ def _root() -> Path:
 @st.cache_data(ttl=30, show_spinner=False)
 def _discover(root: Path) -> dict[str, list[str]]:
     return discover(root)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _default_pair(root: Path, stores: tuple[str, ...]) -> tuple[str | None, str | None]:
+    return default_pair(root, list(stores))
 
 
 def _checked_store(root: Path, rel: str) -> Path:
@@ -109,11 +114,12 @@ def _pair_problem(before: Path, after: Path, stamp_b: int, stamp_a: int) -> str 
     return None
 
 
-def _pick(label: str, options: list[str], param: str, optional: bool) -> str | None:
-    """A sidebar store choice, preset from the query parameter ``param`` (added to the options if not discovered)."""
-    wanted = st.query_params.get(param)
+def _pick(label: str, options: list[str], param: str, optional: bool, default: str | None = None) -> str | None:
+    """A sidebar store choice, preset from the query parameter ``param`` (added to the options if not discovered),
+    else `default` (apps.data.default_pair), else the first option ((none) when optional)."""
+    wanted = st.query_params.get(param) or default
     opts = ([NONE] if optional else []) + options + ([wanted] if wanted and wanted not in options else [])
-    index = opts.index(wanted) if wanted in opts else (min(1, len(opts) - 1) if optional and len(opts) > 2 else 0)
+    index = opts.index(wanted) if wanted in opts else 0
     choice = st.sidebar.selectbox(label, opts, index=index, key=f"pick_{param}")
     return None if choice == NONE else choice
 
@@ -144,8 +150,10 @@ def main() -> None:
     if not found["stores"] and not st.query_params.get("before"):
         st.info(f"no TraceStore under ROOT {root}")
         return
-    before_rel = _pick("before (base) store", found["stores"], "before", optional=False)
-    after_rel = _pick("after (fine-tuned) store", [s for s in found["stores"] if s != before_rel], "after", optional=True)
+    pair = _default_pair(root, tuple(found["stores"]))
+    before_rel = _pick("before (base) store", found["stores"], "before", optional=False, default=pair[0])
+    after_rel = _pick("after (fine-tuned) store", [s for s in found["stores"] if s != before_rel], "after", optional=True,
+                      default=pair[1] if pair[0] == before_rel else None)
     before = _checked_store(root, before_rel)
     after = _comparable_after(before, _checked_store(root, after_rel) if after_rel else None)
     ds = open_dataset(before)

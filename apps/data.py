@@ -82,3 +82,42 @@ def filter_eval(ev: xr.Dataset, ids: np.ndarray) -> xr.Dataset:
         present = set(to_str(ev["example_lang"].values).tolist())
         ev = ev.sel(lang=[lg for lg in ev["lang"].values if str(lg) in present])
     return ev
+
+
+def default_pair(root: str | Path, stores: list[str]) -> tuple[str | None, str | None]:
+    """The (before, after) stores the dashboard opens on, as ROOT-relative paths (None: no default).
+
+    Rule: a store holding a saved comparison (`probe compare --save`) whose before-store is under ROOT gives the
+    pair (the most recent save when several do); else, with exactly two stores, the earlier-created one is before and
+    the other after (the quickstart's base → ko_ft; creation = the `created` attr, else the last commit's time);
+    else the first store alone.
+    """
+    from probe.analysis.saved import COMPARE, INDEX, SavedResultsError, saved_index
+    from probe.store import StoreError
+
+    root = Path(root)
+    saved = []
+    for after in stores:
+        index = root / after / COMPARE / INDEX / "zarr.json"
+        if not index.is_file():
+            continue
+        for before in stores:
+            if before == after:
+                continue
+            try:
+                saved_index(root / after, COMPARE, {"before": root / before, "after": root / after})
+            except (SavedResultsError, StoreError, OSError, KeyError, ValueError):
+                continue
+            saved.append((index.stat().st_mtime_ns, before, after))
+    if saved:
+        _, before, after = max(saved)
+        return before, after
+    if len(stores) == 2:
+        try:
+            created = [(str(TraceStore.open(root / s).attrs.get("created", "")), (root / s / "zarr.json").stat().st_mtime_ns)
+                       for s in stores]
+        except (StoreError, OSError):
+            return stores[0], None
+        order = sorted(range(2), key=lambda i: (created[i], stores[i]))
+        return stores[order[0]], stores[order[1]]
+    return (stores[0] if stores else None), None

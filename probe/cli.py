@@ -78,24 +78,53 @@ def eval_cmd(
     choices: Optional[Path] = typer.Option(
         None, "--choices", help="JSON {lang: {question_type: [answers]}}: candidate answers where examples have no labels.choices"),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help=OUTSIDE_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table (every column, full precision) as JSON"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="also write the table (every column, full precision) as CSV"),
+    protocol: str = typer.Option("dependence", "--protocol", help="dependence (real / blank / mismatched images) or pope "
+                                 "(yes/no object questions over labels.objects; random, popular, adversarial negatives)"),
+    seed: int = typer.Option(0, "--seed", help="pope: the seed of the negative sampling"),
 ) -> None:
-    """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type."""
+    """Behavioural visual dependence: accuracy with real / blank / mismatched images per language and question type.
+
+    With --protocol pope: POPE accuracy, precision, recall, F1 and yes-ratio per negative set and language."""
     from rich.console import Console
 
     from probe.data.manifest import read_manifest
-    from probe.eval.dependence import evaluate_dependence, format_dependence_table, save_dependence
+    from probe.eval.dependence import dependence_rows, evaluate_dependence, format_dependence_table, save_dependence
     from probe.eval.target import eval_output
     from probe.models import load_model
 
+    if protocol not in ("dependence", "pope"):
+        raise typer.BadParameter(f"--protocol must be dependence or pope, got {protocol!r}")
     with eval_output(out):  # a store being written is refused before any work; held until the result is saved
         examples = read_manifest(manifest, allow_outside_paths=allow_outside_paths)
-        ds = evaluate_dependence(load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle), examples,
-                                 batch_size=batch_size, choices_file=choices)
+        loaded = load_model(model, lora_adapter=adapter, allow_pickle=allow_pickle)
+        if protocol == "pope":
+            from probe.eval.pope import PopeConfig, evaluate_pope, format_pope_table, pope_rows
+
+            pope = evaluate_pope(loaded, examples, PopeConfig(seed=seed, batch_size=batch_size))
+            Console().print(format_pope_table(pope, title=f"POPE: {model}"))
+            _write_table(pope_rows(pope), json_out, csv_out, {"title": f"POPE: {model}", "manifest": str(manifest), "seed": seed})
+            if out is not None:
+                save_dependence(pope, out, group="pope")
+                typer.echo(f"saved to {out} (group 'pope')")
+            return
+        ds = evaluate_dependence(loaded, examples, batch_size=batch_size, choices_file=choices)
         if out is not None:
             save_dependence(ds, out)
     Console().print(format_dependence_table(ds, title=f"visual dependence: {model}"))
+    _write_table(dependence_rows(ds), json_out, csv_out, {"title": f"visual dependence: {model}", "manifest": str(manifest)})
     if out is not None:
         typer.echo(f"saved to {out} (group 'eval')")
+
+
+def _write_table(rows: list, json_out: Optional[Path], csv_out: Optional[Path], meta: dict) -> None:
+    """Write a printed table's rows to --json / --csv when given."""
+    from probe.tables import write_rows
+
+    for path, fmt in ((json_out, "json"), (csv_out, "csv")):
+        if path is not None:
+            typer.echo(f"table written to {write_rows(rows, path, fmt=fmt, meta=meta)}")
 
 
 @app.command("analyze")
@@ -126,6 +155,8 @@ def compare_cmd(
     intersect: bool = typer.Option(False, "--intersect", help="compare on what both stores share instead of refusing (listed at the top)"),
     save: bool = typer.Option(False, "--save", help="also write every result into the AFTER store as group compare/<name> "
                               "(the dashboard's overview reads its verdict from there)"),
+    manifests: list[Path] = typer.Option([], "--manifest", help="JSONL manifest holding the examples' images, for the "
+                                         "report's example pictures (repeatable)"),
 ) -> None:
     """Before/after comparison: which candidate causes moved, by how much, with intervals."""
     from probe.analysis.saved import fingerprint
@@ -141,7 +172,8 @@ def compare_cmd(
         for st in stores:
             fingerprint(st)  # a store being written is refused now, not after the analyses
     try:
-        compare(*stores, out, out.with_suffix(".json"), intersect=intersect, save_to=stores[1] if save else None)
+        compare(*stores, out, out.with_suffix(".json"), intersect=intersect, save_to=stores[1] if save else None,
+                manifests=manifests)
     except Exception as err:  # a damaged chunk shows deep in dask with no file name: find and name it
         raise explain_read_error(err, [before, after]) or err
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")

@@ -87,7 +87,9 @@ def quickstart(out_dir: str | Path, *, seed: int = 0, capture_examples: int = 40
         seconds.update({f"{k}.{name}": v for k, v in took.items()})
     t = time.perf_counter()
     report, summary = out / "report.html", out / "report.json"
-    compare(stores["base"], stores["ko_ft"], report, summary)
+    # saved into ko_ft (group compare/): the dashboard opens on this pair and reads the verdict instead of recomputing it
+    compare(stores["base"], stores["ko_ft"], report, summary, save_to=stores["ko_ft"],
+            manifests=[org.manifests["eval_image"], org.manifests["eval_text"]])
     seconds["report"] = time.perf_counter() - t
     (out / "quickstart.json").write_text(json.dumps({"seed": seed, "seconds": seconds}, indent=1))
     return QuickstartResult(report, summary, stores, seconds)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from rich.progress import track
+from rich.progress import Progress, track
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from probe.analysis._io import as_dataset, example_chunks, lang_of, require
+from probe.analysis._parallel import run_jobs
 from probe.analysis.stats import rbf_mmd2
 from probe.segments import Segment
 
@@ -101,8 +102,13 @@ def ood_scores(visual: np.ndarray, text: np.ndarray, config: KeyspaceConfig = Ke
     return res
 
 
-def keyspace_ood(ds: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig()) -> xr.Dataset:
-    """OOD scores of visual vs text keys: variables SCORES on dims (layer, kv_head, lang); lang 'all' pools."""
+def _scores(visual: np.ndarray, text: np.ndarray, config: KeyspaceConfig) -> list[float]:
+    s = ood_scores(visual, text, config)
+    return [s[name] for name in SCORES]
+
+
+def _keyspace_jobs(ds: xr.Dataset, config: KeyspaceConfig) -> tuple[list[tuple], dict]:
+    """The (layer, kv_head, lang) scoring jobs of keyspace_ood and what is needed to assemble their results."""
     got = collect_keys(ds, config)
     keys = got["keys"]
     langs = sorted({lang for lang, _ in keys})
@@ -115,14 +121,23 @@ def keyspace_ood(ds: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig()) -> x
             keys[("all", cls)] = pooled
     lang_coord = langs + ["all"]
     layers, heads = got["layer"], got["kv_head"]
+    jobs, where = [], []
+    for li in range(len(layers)):
+        for hi in range(len(heads)):
+            for gi in range(len(lang_coord)):
+                v, t = keys.get((lang_coord[gi], "visual")), keys.get((lang_coord[gi], "text"))
+                if v is None or t is None:
+                    continue
+                jobs.append((np.ascontiguousarray(v[:, li, hi]), np.ascontiguousarray(t[:, li, hi]), config))
+                where.append((li, hi, gi))
+    return jobs, {"where": where, "layers": layers, "heads": heads, "langs": lang_coord}
+
+
+def _keyspace_dataset(results: list, meta: dict, config: KeyspaceConfig) -> xr.Dataset:
+    layers, heads, lang_coord = meta["layers"], meta["heads"], meta["langs"]
     arr = np.full((len(SCORES), len(layers), len(heads), len(lang_coord)), np.nan)
-    jobs = [(li, hi, gi) for li in range(len(layers)) for hi in range(len(heads)) for gi in range(len(lang_coord))]
-    for li, hi, gi in track(jobs, description="key-space: scoring", disable=len(jobs) < 8):
-        v, t = keys.get((lang_coord[gi], "visual")), keys.get((lang_coord[gi], "text"))
-        if v is None or t is None:
-            continue
-        s = ood_scores(v[:, li, hi], t[:, li, hi], config)
-        arr[:, li, hi, gi] = [s[name] for name in SCORES]
+    for (li, hi, gi), values in zip(meta["where"], results):
+        arr[:, li, hi, gi] = values
     out = xr.Dataset(
         {name: (("layer", "kv_head", "lang"), arr[i]) for i, name in enumerate(SCORES)},
         coords={"layer": layers, "kv_head": heads, "lang": lang_coord},
@@ -131,7 +146,29 @@ def keyspace_ood(ds: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig()) -> x
     return out
 
 
-def compare_keyspace(before: xr.Dataset, after: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig()) -> xr.Dataset:
-    """keyspace_ood of both stores stacked on a `store` dim (before, after)."""
-    b, a = keyspace_ood(before, config), keyspace_ood(after, config)
+def _score_all(jobs: list[tuple], n_jobs: int | None) -> list:
+    with Progress(transient=False, disable=len(jobs) < 8) as bar:
+        task = bar.add_task("key-space: scoring", total=len(jobs))
+        results = run_jobs(_scores, jobs, n_jobs)
+        bar.update(task, completed=len(jobs))
+    return results
+
+
+def keyspace_ood(ds: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig(), n_jobs: int | None = None) -> xr.Dataset:
+    """OOD scores of visual vs text keys: variables SCORES on dims (layer, kv_head, lang); lang 'all' pools.
+
+    The (layer, kv_head, lang) scores run in `n_jobs` worker processes (default: see probe.analysis._parallel);
+    the numbers do not depend on it.
+    """
+    jobs, meta = _keyspace_jobs(ds, config)
+    return _keyspace_dataset(_score_all(jobs, n_jobs), meta, config)
+
+
+def compare_keyspace(before: xr.Dataset, after: xr.Dataset, config: KeyspaceConfig = KeyspaceConfig(),
+                     n_jobs: int | None = None) -> xr.Dataset:
+    """keyspace_ood of both stores stacked on a `store` dim (before, after); the jobs of both run in one pool."""
+    jb, mb = _keyspace_jobs(before, config)
+    ja, ma = _keyspace_jobs(after, config)
+    results = _score_all(jb + ja, n_jobs)
+    b, a = _keyspace_dataset(results[: len(jb)], mb, config), _keyspace_dataset(results[len(jb):], ma, config)
     return xr.concat([b, a], dim="store", join="inner").assign_coords(store=["before", "after"])

@@ -178,6 +178,12 @@ def _text_scene(rng: random.Random) -> dict:
             "text": rng.choice(WORDS)}
 
 
+def _objects(scene: dict) -> dict[str, list[str]]:
+    """POPE object labels: the scene's shape (English and Korean names), none for a word scene."""
+    shape = scene.get("shape")
+    return {"objects": [shape] if shape else [], "objects_ko": [SHAPES[shape]] if shape else []}
+
+
 def _render(rng: random.Random, scene: dict, size: int) -> Image.Image:
     if scene["text"] is not None:
         return draw_word(rng, size, scene["text"], scene["colour"])
@@ -204,7 +210,7 @@ def _image_dependent_split(
                 examples.append(Example(
                     id=f"{name}-{qtype}-{lang}", image=path, prompt=PROMPTS[lang][qtype],
                     answer=answer_word(lang, qtype, scene[qtype]), lang=lang, question_type=qtype,
-                    image_dependent=True, labels={**scene, "source": "image"},
+                    image_dependent=True, labels={**scene, "source": "image", **_objects(scene)},
                 ))
     rng.shuffle(examples)
     return examples
@@ -231,7 +237,7 @@ def _text_answerable_split(
             cue = CUES[lang][qtype].format(a=answer_word(lang, qtype, value))
             prompt = f"{cue} {PROMPTS[lang][qtype]}"
             source = "cue"
-        labels = {**scene, "source": source, "answer_value": value}
+        labels = {**scene, "source": source, "answer_value": value, **_objects(scene)}
         examples.append(Example(
             id=f"{name}-{qtype}-{lang}", image=path, prompt=prompt, answer=answer_word(lang, qtype, value),
             lang=lang, question_type=qtype, image_dependent=False, labels=labels,

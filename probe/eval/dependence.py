@@ -19,6 +19,8 @@ import xarray as xr
 from PIL import Image
 from rich.table import Table
 
+from probe.tables import Column, rich_table
+
 from probe.data.example import Example
 from probe.eval.candidates import Candidates, ChoicesTable, check_answer, checked_choices, plan_candidates
 from probe.analysis.stats import BootstrapConfig
@@ -253,12 +255,12 @@ def _aggregate(ds: xr.Dataset, intervals: BootstrapConfig) -> xr.Dataset:
     )
 
 
-def _pct(x: float, lo: float = np.nan, hi: float = np.nan) -> str:
+def _pct(x: float, lo: float = np.nan, hi: float = np.nan, sep: str = " ") -> str:
     if np.isnan(x):
         return "–"
     if np.isnan(lo):
         return f"{100 * x:.1f}%"
-    return f"{100 * x:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+    return f"{100 * x:.1f}%{sep}[{100 * lo:.0f}–{100 * hi:.0f}]"
 
 
 def _scoring(ds: xr.Dataset, lg: str, q: str) -> tuple[str, str, str]:
@@ -270,20 +272,19 @@ def _scoring(ds: xr.Dataset, lg: str, q: str) -> tuple[str, str, str]:
     return f"ranked K={lo}" if lo == hi else f"ranked K={lo}–{hi}", str(ds["source"].sel(sel).item()), ""
 
 
-def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") -> Table:
-    """A rich table: one row per lang x question type x kind, with its scoring rule, candidate source and intervals."""
-    cfg = json.loads(ds.attrs.get("eval_config", "{}")).get("intervals", {})
-    ci = int(round(100 * cfg.get("ci", 0.95)))
-    caption = (f"\\[low, high]: {ci}% cluster-bootstrap interval over independent units (example group, else image); "
-               "candidates: labels = labels.choices, file = --choices, manifest = the manifest's answers, "
-               "function = the caller's choices function")
-    missing = int(ds.attrs.get("image_dependent_missing", 0))
-    if missing:
-        caption += f"; {missing} examples without image_dependent counted as image-dependent"
-    table = Table(title=title, caption=caption)
-    for col in ("lang", "question", "kind", "n", "units", "scoring", "candidates", "real", "blank", "mismatched",
-                "chance", "visual dep."):
-        table.add_column(col, justify="left" if col in ("lang", "question", "kind", "scoring", "candidates") else "right")
+DEPENDENCE_COLUMNS = (
+    Column("lang", justify="left"), Column("question", justify="left"), Column("kind", justify="left"),
+    Column("n"), Column("units", terminal=False), Column("scoring", terminal=False), Column("candidates", terminal=False),
+    *(Column(f"{c}{s}", c if c != "mismatched" else "mismatch", terminal=not s) for c in CONDITIONS
+      for s in ("", "_low", "_high")),
+    Column("chance"), Column("visual_dependence", "vis.dep"),
+    Column("visual_dependence_low", terminal=False), Column("visual_dependence_high", terminal=False),
+)
+
+
+def dependence_rows(ds: xr.Dataset) -> list[dict]:
+    """One row per lang x question type x kind with n: every column of the table, shares as fractions (0–1)."""
+    rows = []
     for lg in ds["lang"].values:
         for q in ds["question_type"].values:
             for kind in ds["kind"].values:
@@ -292,15 +293,48 @@ def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") ->
                 if n == 0:
                     continue
                 scoring, source, chance_note = _scoring(ds, lg, q)
-                cells = [_pct(*(float(ds[v].sel(**sel, condition=c)) for v in ("accuracy", "accuracy_low", "accuracy_high")))
-                         for c in CONDITIONS]
-                vd = ""  # defined on image-dependent questions only
-                if kind == "image":
-                    vd = _pct(*(float(ds[v].sel(lang=lg, question_type=q))
-                                for v in ("visual_dependence", "visual_dependence_low", "visual_dependence_high")))
-                table.add_row(str(lg), str(q), str(kind), str(n), str(int(ds["n_units"].sel(sel))), scoring, source,
-                              *cells, chance_note or _pct(float(ds["chance"].sel(sel))), vd)
-    return table
+                row = {"lang": str(lg), "question": str(q), "kind": str(kind), "n": n,
+                       "units": int(ds["n_units"].sel(sel)), "scoring": scoring, "candidates": source}
+                for c in CONDITIONS:
+                    for v, s in (("accuracy", ""), ("accuracy_low", "_low"), ("accuracy_high", "_high")):
+                        row[f"{c}{s}"] = float(ds[v].sel(**sel, condition=c))
+                row["chance"] = chance_note or float(ds["chance"].sel(sel))
+                for s in ("", "_low", "_high"):  # defined on image-dependent questions only
+                    row[f"visual_dependence{s}"] = (float(ds[f"visual_dependence{s}"].sel(lang=lg, question_type=q))
+                                                    if kind == "image" else None)
+                rows.append(row)
+    return rows
+
+
+def format_dependence_table(ds: xr.Dataset, title: str = "visual dependence") -> Table:
+    """A rich table readable at 80 columns: one row per lang x question type x kind, shares with intervals.
+
+    The scoring rule and candidate source of each row are summarised below the table (every column, with
+    full-precision values, is in `dependence_rows`, which `probe eval --json/--csv` writes).
+    """
+    cfg = json.loads(ds.attrs.get("eval_config", "{}")).get("intervals", {})
+    ci = int(round(100 * cfg.get("ci", 0.95)))
+    rows = dependence_rows(ds)
+    scorings = sorted({f"{r['scoring']}, candidates: {r['candidates']}" for r in rows})
+    how = scorings[0] if len(scorings) == 1 else "; ".join(
+        sorted({f"{r['lang']}/{r['question']}: {r['scoring']}, {r['candidates']}" for r in rows}))
+    units = "" if all(r["units"] == r["n"] for r in rows) else " n: examples (units differ: see --json)."
+    caption = (f"shares with [low–high] {ci}% cluster-bootstrap intervals over independent units (example group, "
+               f"else image).{units} Scoring: {how}. Candidates: labels = labels.choices, file = --choices, manifest = "
+               "the manifest's answers, function = the caller's choices function.")
+    missing = int(ds.attrs.get("image_dependent_missing", 0))
+    if missing:
+        caption += f" {missing} examples without image_dependent counted as image-dependent."
+    cells = []
+    for r in rows:
+        text = {k: str(r[k]) for k in ("lang", "question", "kind", "n")}
+        for c in CONDITIONS:
+            text[c] = _pct(r[c], r[f"{c}_low"], r[f"{c}_high"], sep="\n")
+        text["chance"] = r["chance"] if isinstance(r["chance"], str) else _pct(r["chance"])
+        text["visual_dependence"] = "" if r["visual_dependence"] is None else _pct(
+            r["visual_dependence"], r["visual_dependence_low"], r["visual_dependence_high"], sep="\n")
+        cells.append(text)
+    return rich_table(title, DEPENDENCE_COLUMNS, rows, caption.replace("[", "\\["), cells=cells)
 
 
 def save_dependence(ds: xr.Dataset, path: str | Path, *, group: str | None = "eval") -> Path:

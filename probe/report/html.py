@@ -17,6 +17,7 @@ from probe.analysis.saved import COMPARE
 from probe.analysis import registry
 from probe.analysis.registry import resolve
 from probe.report import summary as S
+from probe.report.examples import example_figures
 from probe.report.verdict import verdict
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;color:#222}
@@ -113,10 +114,12 @@ def _save(summary: dict[str, Any], page: _Page, header: str, out_html: str | Pat
 
 def compare(
     before: Any, after: Any, out_html: str | Path, out_json: str | Path | None = None, config: AnalysisConfig = AnalysisConfig(),
-    intersect: bool = False, save_to: Any = None,
+    intersect: bool = False, save_to: Any = None, manifests: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Write the before-vs-after HTML report (and JSON summary); return the summary dict.
 
+    `manifests`: JSONL manifests that hold the examples' images, for the example pictures (without them, or when
+    the store records no image paths, the attention is painted on a grey canvas of the image's size).
     Incomparable stores raise IncomparableStoresError (one line, nothing written) unless
     `intersect`, which compares on their explicit intersection and says so at the top.
     `save_to`: a TraceStore that receives every result as group `compare/<name>` with the config and the
@@ -131,6 +134,8 @@ def compare(
     page.section("Summary: which candidate causes moved", None,
                  ["<ul>" + "".join(f"<li>{_html.escape(line)}</li>" for line in summary["verdict"]) + "</ul>"])
     summary["readings"] = _sections(page, res, config, pair=True)
+    page.section("Examples: the last prompt token's attention on the image, before and after", None,
+                 example_figures(before, after, manifests))
     header = f"<p>before: {_html.escape(summary['before'])}<br>after: {_html.escape(summary['after'])}<br>created {summary['created']}<br>"
     header += _html.escape(_resampling_note(res)) + "</p>"
     if save_to is not None:

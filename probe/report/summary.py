@@ -202,11 +202,70 @@ def html_table(rows: dict[str, dict[str, float]], label: str) -> str:
     return f"<h3>{html.escape(label)}</h3><table><tr><th></th>{head}</tr>{body}</table>"
 
 
+_BEHAVIOUR = (("real", "real"), ("blank", "blank"), ("mismatched", "mismatched"), ("visual_dependence", "visual dependence"))
+
+
+def _behaviour_rows(ev: xr.Dataset) -> dict[tuple[str, str, str], dict] | None:
+    """The evaluation's table rows keyed by (lang, question type, kind), or None when it is not a dependence evaluation."""
+    from probe.eval.dependence import dependence_rows
+
+    if not {"accuracy", "n", "visual_dependence"} <= set(ev.data_vars) or "kind" not in ev.dims:
+        return None
+    return {(r["lang"], r["question"], r["kind"]): r for r in dependence_rows(ev.load())}
+
+
+def _share(r: dict, key: str) -> str:
+    v = r.get(key)
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{v * 100:.1f}% <small>[{r[key + '_low'] * 100:.0f}–{r[key + '_high'] * 100:.0f}]</small>"
+
+
+def behaviour_table(rows: dict[tuple[str, str, str], dict], label: str) -> str:
+    """One store's behaviour: rows language × question type × kind, columns real / blank / mismatched / visual
+    dependence, each a share with its cluster-bootstrap interval."""
+    head = "<tr><th>lang</th><th>question</th><th>kind</th><th>n</th>" + "".join(f"<th>{h}</th>" for _, h in _BEHAVIOUR) + "</tr>"
+    body = "".join(f"<tr><td>{html.escape(k[0])}</td><td>{html.escape(k[1])}</td><td>{html.escape(k[2])}</td><td>{r['n']}</td>"
+                   + "".join(f"<td>{_share(r, c)}</td>" for c, _ in _BEHAVIOUR) + "</tr>" for k, r in rows.items())
+    return f"<div><h3>{html.escape(label)}</h3><table>{head}{body}</table></div>"
+
+
+def change_table(before: dict, after: dict) -> str:
+    """after − before of each share, in percentage points, for the rows both stores have (bold: the two stores'
+    intervals do not overlap)."""
+    head = "<tr><th>lang</th><th>question</th><th>kind</th>" + "".join(f"<th>Δ {h}</th>" for _, h in _BEHAVIOUR) + "</tr>"
+    body = ""
+    for k in (k for k in before if k in after):
+        cells = []
+        for c, _ in _BEHAVIOUR:
+            b, a = before[k].get(c), after[k].get(c)
+            if b is None or a is None or not (np.isfinite(b) and np.isfinite(a)):
+                cells.append("<td>–</td>")
+                continue
+            apart = before[k][c + "_high"] < after[k][c + "_low"] or after[k][c + "_high"] < before[k][c + "_low"]
+            text = f"{(a - b) * 100:+.1f}"
+            cells.append(f"<td>{'<b>' + text + '</b>' if apart else text}</td>")
+        body += f"<tr><td>{html.escape(k[0])}</td><td>{html.escape(k[1])}</td><td>{html.escape(k[2])}</td>{''.join(cells)}</tr>"
+    return f"<div><h3>change (after − before, points)</h3><table>{head}{body}</table></div>"
+
+
 def eval_tables(ev: Any) -> list[str]:
-    """The eval section's HTML: one table per store."""
-    if isinstance(ev, xr.Dataset):
-        return [html_table(eval_table(ev), "store")]
-    return [html_table(eval_table(v), k) for k, v in ev.items() if v is not None]
+    """The eval section's HTML: one behaviour table per store (language × question type × kind; real / blank /
+    mismatched / visual dependence with intervals) and, for a pair, the before→after change beside them."""
+    stores = {"store": ev} if isinstance(ev, xr.Dataset) else {k: v for k, v in ev.items() if v is not None}
+    rows = {k: _behaviour_rows(v) for k, v in stores.items()}
+    if any(r is None for r in rows.values()):  # not a dependence evaluation: its means per condition
+        return [html_table(eval_table(v), k) for k, v in stores.items()]
+    parts = [behaviour_table(r, k) for k, r in rows.items()]
+    if set(rows) == {"before", "after"}:
+        parts.append(change_table(rows["before"], rows["after"]))
+    note = ("<p>Shares of correct answers with the real image, a blank image and another example's image "
+            "(mismatched); visual dependence: the share of image-dependent questions answered right with the real image "
+            "and with the other image's answer when shown another example's image. [low–high]: 95% cluster-bootstrap intervals over independent units. "
+            "Δ in bold: the two stores' intervals do not overlap.</p>")
+    # side by side while the page is wide enough, each table below the previous one otherwise (never overlapping)
+    return [note + "<div style='display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start;white-space:nowrap'>"
+            + "".join(parts) + "</div>"]
 
 
 def mean_over_heads_table(r: xr.Dataset) -> list[str]:
