@@ -68,9 +68,11 @@ def same_architecture(before: ModelAdapter, after: ModelAdapter, names: tuple[st
                          "component swaps need the same architecture")
 
 
-def select(examples: Sequence[Example], images: int) -> list[Example]:
-    """Image-dependent examples with answers, of the first `images` images in file order (fixed before results)."""
-    keep = [e for e in examples if e.image_dependent is not False and e.answer is not None and e.image is not None]
+def select(examples: Sequence[Example], images: int, question_types: Sequence[str] | None = None) -> list[Example]:
+    """Image-dependent examples with answers (of `question_types`, all when None), of the first `images` images in
+    file order (fixed before results)."""
+    keep = [e for e in examples if e.image_dependent is not False and e.answer is not None and e.image is not None
+            and (not question_types or e.question_type in question_types)]
     first = list(dict.fromkeys(unit_of(e) for e in keep))[:images]
     chosen = set(first)
     return [e for e in keep if unit_of(e) in chosen]
@@ -96,7 +98,8 @@ def _vd(hits: np.ndarray, examples: list[Example]) -> dict[str, float]:
 
 
 def diagnose(before: str | Path, after: str | Path, manifest: str | Path, out: str | Path, *, images: int = 40,
-             share: float = SHARE, analyses: bool = True, seed: int = 0, n_boot: int = 1000,
+             question_types: Sequence[str] | None = None, share: float = SHARE, analyses: bool = True,
+             seed: int = 0, n_boot: int = 1000,
              batch_rows: int = 64, progress: bool = False) -> Diagnosis:
     """Diagnose why AFTER lost BEFORE's visual dependence on MANIFEST's image-dependent questions; writes out/.
 
@@ -108,7 +111,7 @@ def diagnose(before: str | Path, after: str | Path, manifest: str | Path, out: s
     out = Path(out)
     b, a = load_model(before, attn_implementation="eager"), load_model(after, attn_implementation="eager")
     same_architecture(b, a, (str(before), str(after)))
-    examples = select(read_manifest(manifest), images)
+    examples = select(read_manifest(manifest), images, question_types)
     if len({e.lang for e in examples}) == 0 or len(examples) < 2:
         raise ValueError(f"{manifest}: fewer than 2 image-dependent questions with answers and images to diagnose on")
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def diagnose(before: str | Path, after: str | Path, manifest: str | Path, out: s
         named=named, reason=reason, verdict=verdict, report=report,
         dashboard=(f"probe dashboard {out} then open http://127.0.0.1:8501/?before=before.zarr&after=after.zarr"
                    "&view=overview") if analyses else "",
-        config={"images": images, "seed": seed, "n_boot": n_boot, "tie": TIE, "analyses": analyses},
+        config={"images": images, "question_types": list(question_types or []), "seed": seed, "n_boot": n_boot, "tie": TIE, "analyses": analyses},
     )
     write_diagnosis(result, out)
     (out / "diagnosis.html").write_text(render_html(result), encoding="utf-8")
