@@ -109,7 +109,7 @@ def diagnose(before: str | Path, after: str | Path, manifest: str | Path, out: s
     if not 0 < share <= 1:
         raise ValueError(f"diagnose: share must be in (0, 1], got {share}")
     out = Path(out)
-    b, a = load_model(before, attn_implementation="eager"), load_model(after, attn_implementation="eager")
+    b, a = load_model(before), load_model(after)
     same_architecture(b, a, (str(before), str(after)))
     examples = select(read_manifest(manifest), images, question_types)
     if len({e.lang for e in examples}) == 0 or len(examples) < 2:

@@ -97,3 +97,4 @@ def test_cli_refuses_two_architectures_in_one_line(saved_pair, colour_manifest, 
     assert res.exit_code == 2 and len(lines) == 1 and "not one architecture" in lines[0]
     assert "Traceback" not in res.output
     assert not (tmp_path / "x").exists()
+
