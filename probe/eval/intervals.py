@@ -50,8 +50,8 @@ def cluster_restored_ci(
 
     before, after [n] and edited [m, n] are per-example hits (e.g. visually dependent); restored =
     (edited - after) / (before - after) on the pooled shares, with a percentile interval from resampling
-    units (one draw for all rows, so the three shares are paired). NaN where before equals after
-    (nothing to restore), also inside a resample.
+    units (one draw for all rows, so the three shares are paired). NaN where before equals after (nothing
+    to restore); a resample in which nothing was lost counts as 0 restored.
     """
     edited = np.atleast_2d(np.asarray(edited, dtype=np.float64))
     rows = np.vstack([np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64), edited])
@@ -64,9 +64,11 @@ def cluster_restored_ci(
             return np.where(gap != 0, (shares[..., 2:] - shares[..., 1:2]) / np.where(gap != 0, gap, 1.0), np.nan)
 
     point = restored(rows.mean(axis=1))
-    boots = restored(_cluster_boots(rows, units, config))
+    # a resample that lost nothing restores nothing: counted as 0, so a fall carried by one or two images
+    # cannot give a confident "restored" (dropping those draws would)
+    boots = np.nan_to_num(restored(_cluster_boots(rows, units, config)), nan=0.0)
     alpha = (1.0 - config.ci) / 2.0
-    with np.errstate(all="ignore"):
-        low, high = np.nanpercentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0) if np.isfinite(boots).any() \
-            else (np.full(edited.shape[0], np.nan), np.full(edited.shape[0], np.nan))
+    low, high = np.percentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    nothing = ~np.isfinite(point)
+    low[nothing], high[nothing] = np.nan, np.nan
     return point, low, high

@@ -40,6 +40,10 @@ def test_restored_share_and_its_interval() -> None:
     assert 0.1 < low[2] < 0.5 < high[2] < 0.9
     same, _, _ = cluster_restored_ci(before, before, np.stack([half]), units)
     assert np.isnan(same).all()  # nothing lost: nothing to restore
+    one = before.copy()
+    one[:2] = False  # one image of ten lost its dependence; the edit restores it
+    point, low, _ = cluster_restored_ci(before, one, np.stack([before]), units)
+    assert point[0] == 1.0 and low[0] == 0.0  # resamples without that image restore nothing: no confident cause
 
 
 def test_rank_breaks_ties_toward_the_smaller_component_and_decide_states_the_rule() -> None:
