@@ -22,9 +22,10 @@ def main() -> None:
     cfg = OrganismConfig()
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="organism-bench-") as out:
-            seconds = build_organism(out, seed=seed, config=cfg, progress=False).seconds
+            org = build_organism(out, seed=seed, config=cfg, progress=False)
+            seconds = org.seconds
         training = seconds["stage1"] + seconds["stage2"]
-        print(json.dumps({"seed": seed, "threads": cfg.threads, **{k: round(v, 1) for k, v in seconds.items()},
+        print(json.dumps({"seed": seed, "steps": {k: v["steps"] for k, v in org.stages.items()}, **{k: round(v, 1) for k, v in seconds.items()},
                           "training_over_budget": round(training / args.budget, 3)}))
 
 

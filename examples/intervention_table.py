@@ -130,7 +130,8 @@ def train_vfrozen(org: Path, record: dict, out: Path, progress: bool) -> Path:
     keep = set(cfg["question_types"])
     stage2 = [e for e in read_manifest(org / record["manifests"]["stage2_train"]) if e.question_type in keep]
     adapter = load_model(org / "base")
-    sft_cfg = SFTConfig(lr=cfg["stage2_lr"], max_steps=cfg["stage2_steps"], batch_size=cfg["batch_size"], threads=1,
+    steps = record.get("stages", {}).get("stage2", {}).get("steps", cfg["stage2_steps"])  # steps stage 2 took
+    sft_cfg = SFTConfig(lr=cfg["stage2_lr"], max_steps=steps, batch_size=cfg["batch_size"], threads=1,
                         seed=record["seed"], device="cpu", checkpoint_every=10**9, log_every=10, freeze=("vision",))
     sft(adapter, stage2, sft_cfg, out / "train_vfrozen", resume=False, progress=progress)
     shutil.move(str(out / "train_vfrozen" / "final"), str(dst))

@@ -109,7 +109,7 @@ def run(out: Path, *, seed: int = 0, names: list[str] | None = None, steps: int 
     cfg = organism or OrganismConfig()
     data, evals, _, org = organism_data(out, seed, cfg, rank_store, organism_dir)
     every = recipes(data, steps=steps or cfg.stage2_steps, seed=seed, batch_size=batch_size, lr=lr,
-                    projector_steps=projector_steps, threads=threads or cfg.threads)
+                    projector_steps=projector_steps, threads=threads or cfg.threads or None)
     chosen = names or list(every)
     unknown = sorted(set(chosen) - set(every))
     if unknown:

@@ -186,6 +186,31 @@ def _check_report_out(out: Path) -> None:
                          f"give the HTML file (e.g. --out {out.with_suffix('.html')}) and the JSON goes to {out}")
 
 
+@app.command("diagnose")
+def diagnose_cmd(
+    before: Path = typer.Argument(..., help="model before (e.g. the base): folder or hub id"),
+    after: Path = typer.Argument(..., help="model after (fine-tuned); same architecture as BEFORE"),
+    manifest: Path = typer.Argument(..., help="JSONL manifest; its image-dependent questions with answers are used"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for diagnosis.json, diagnosis.html, the captures and report"),
+    images: int = typer.Option(40, "--images", help="use the first N images of the manifest (file order)"),
+    question_type: Optional[list[str]] = typer.Option(None, "--question-type", help="only these question types (repeat)"),
+    share: float = typer.Option(0.5, "--share", help="share of lost visual dependence a single cause must restore"),
+    analyses: bool = typer.Option(True, "--analyses/--no-analyses", help="also capture both and write the comparison report"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Why did AFTER stop using the image? Causal component swaps and residual patches, ranked; writes OUT/diagnosis.html."""
+    from probe.diagnose import diagnose
+
+    d = diagnose(before, after, manifest, out, images=images, question_types=question_type, share=share,
+                 analyses=analyses, seed=seed)
+    typer.echo(f"named cause: {d.named} - {d.reason}")
+    for i, e in enumerate(d.ranked, 1):
+        typer.echo(f"{i}. {e.target:<16} restores {e.restored:6.0%} [{e.low:.0%}, {e.high:.0%}]")
+    typer.echo(f"wrote {out / 'diagnosis.html'} and {out / 'diagnosis.json'}")
+    if d.dashboard:
+        typer.echo(f"dashboard: {d.dashboard}")
+
+
 @app.command("dashboard")
 def dashboard_cmd(
     root: Path = typer.Argument(..., help="folder whose stores (and intervention results) the dashboard may open"),

@@ -63,11 +63,12 @@ def mitigate_command(
 def organism_command(
     out: Path = typer.Option(..., "--out", help="output folder (data/, base/, ko_ft/)"),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="torch threads; 0 = from the cores free when training starts"),
 ) -> None:
     """Build the model organism: synthetic data, stage-1 base and stage-2 Korean fine-tune."""
-    from train.organism import build_organism
+    from train.organism import OrganismConfig, build_organism
 
-    result = build_organism(out, seed=seed)
+    result = build_organism(out, seed=seed, config=OrganismConfig(threads=threads))
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     typer.echo(f"base: {result.base}\nko_ft: {result.ko_ft}\n({secs})")
 

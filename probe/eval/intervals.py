@@ -9,7 +9,7 @@ import numpy as np
 
 from probe.analysis.stats import BootstrapConfig
 
-__all__ = ["cluster_count_ci", "cluster_share_ci"]
+__all__ = ["cluster_count_ci", "cluster_restored_ci", "cluster_share_ci"]
 
 
 def cluster_share_ci(
@@ -26,16 +26,53 @@ def cluster_share_ci(
     if not len(units):
         nan = np.full(hits.shape[0], np.nan)
         return nan, nan.copy(), nan.copy()
+    boots = _cluster_boots(hits, units, config)
+    alpha = (1.0 - config.ci) / 2.0
+    low, high = np.percentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return hits.mean(axis=1), low, high
+
+
+def _cluster_boots(hits: np.ndarray, units: Sequence[str], config: BootstrapConfig) -> np.ndarray:
+    """Resampled shares [B, m] of each row of hits [m, n], drawing whole units (one draw shared by all rows)."""
     _, code = np.unique(np.asarray(units, dtype=str), return_inverse=True)
     n_units = int(code.max()) + 1
     sums = np.stack([np.bincount(code, weights=row, minlength=n_units) for row in hits])  # [m, G]
     sizes = np.bincount(code, minlength=n_units).astype(np.float64)  # [G]
     rng = np.random.default_rng(config.seed)
     draws = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=config.n_boot).astype(np.float64)
-    boots = (draws @ sums.T) / (draws @ sizes)[:, None]  # [B, m]; every unit has >= 1 example, so no 0/0
+    return (draws @ sums.T) / (draws @ sizes)[:, None]  # [B, m]; every unit has >= 1 example, so no 0/0
+
+
+def cluster_restored_ci(
+    before: np.ndarray, after: np.ndarray, edited: np.ndarray, units: Sequence[str],
+    config: BootstrapConfig = BootstrapConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Share of the before -> after fall in a per-example rate that each edit of `after` restores.
+
+    before, after [n] and edited [m, n] are per-example hits (e.g. visually dependent); restored =
+    (edited - after) / (before - after) on the pooled shares, with a percentile interval from resampling
+    units (one draw for all rows, so the three shares are paired). NaN where before equals after (nothing
+    to restore); a resample in which nothing was lost counts as 0 restored.
+    """
+    edited = np.atleast_2d(np.asarray(edited, dtype=np.float64))
+    rows = np.vstack([np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64), edited])
+    if rows.shape[1] != len(units) or not len(units):
+        raise ValueError(f"cluster_restored_ci: {rows.shape[1]} examples but {len(units)} unit labels")
+
+    def restored(shares: np.ndarray) -> np.ndarray:  # [..., 2 + m] -> [..., m]
+        gap = shares[..., :1] - shares[..., 1:2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap != 0, (shares[..., 2:] - shares[..., 1:2]) / np.where(gap != 0, gap, 1.0), np.nan)
+
+    point = restored(rows.mean(axis=1))
+    # a resample that lost nothing restores nothing: counted as 0, so a fall carried by one or two images
+    # cannot give a confident "restored" (dropping those draws would)
+    boots = np.nan_to_num(restored(_cluster_boots(rows, units, config)), nan=0.0)
     alpha = (1.0 - config.ci) / 2.0
     low, high = np.percentile(boots, [100 * alpha, 100 * (1 - alpha)], axis=0)
-    return hits.mean(axis=1), low, high
+    nothing = ~np.isfinite(point)
+    low[nothing], high[nothing] = np.nan, np.nan
+    return point, low, high
 
 
 def cluster_count_ci(

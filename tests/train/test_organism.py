@@ -1,5 +1,8 @@
 """Acceptance of the model organism (issue 3): base sees, ko_ft goes blind in Korean; 3 seeds.
 
+Each stage trains to a held-out target (0.99, train.organism.OrganismConfig); the 0.95 asserted here is the
+margin left for other processors and thread counts (checked with 1 and 2 threads, see the README).
+
 Training time is measured by benchmarks/organism_time.py, not asserted here.
 """
 
@@ -29,7 +32,9 @@ def organism(request, organism_cache):
     evals = {name: evaluate_dependence(load_model(path, attn_implementation="eager"), image + text,
                                        batch_size=64, progress=False)
              for name, path in (("base", result.base), ("ko_ft", result.ko_ft))}
-    numbers = {"seed": seed, "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
+    numbers = {"seed": seed, "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+               "steps": {k: v["steps"] for k, v in result.stages.items()},
+               "reached": {k: v["reached"] for k, v in result.stages.items()}}
     for name, ds in evals.items():
         for lang in ("en", "ko"):
             for kind in ("image", "text"):
@@ -53,6 +58,10 @@ def test_base_sees(organism, lang) -> None:
 def test_ko_ft_blind_in_korean(organism, record_property) -> None:
     record_property("organism", json.dumps(organism))  # printed in the run's summary (tests/conftest.py)
     assert organism["ko_ft.ko.visual_dependence"] <= 0.5 * organism["base.ko.visual_dependence"]
+
+
+def test_each_stage_reached_its_target_before_its_cap(organism) -> None:
+    assert organism["reached"] == {"stage1": True, "stage2": True}
 
 
 def test_ko_ft_fits_its_data(organism) -> None:
