@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.store import TraceStore
 
 # example coordinates offered as filters (plus every label_* coordinate)

@@ -170,3 +170,8 @@ def canonical_site(name: str) -> str:
     if name in SITE_ALIASES:
         return SITE_ALIASES[name]
     raise KeyError(f"unknown site {name!r}; known: {', '.join([*SITES, *SITE_ALIASES])}")
+
+
+def to_str(values: Any) -> np.ndarray:
+    """Plain unicode array from any string-like array (incl. numpy StringDType, as the TraceStore writes)."""
+    return np.array([str(v) for v in np.asarray(values).ravel()], dtype=str).reshape(np.shape(values))

@@ -23,7 +23,7 @@ def _few_threads():
 
 
 def _tiny_builders() -> dict[str, Callable[[], tuple[Any, Any]]]:
-    from probe.models import tiny
+    from probe.testing import families as tiny
 
     return {
         "llava": lambda: tiny.tiny_llava(text_layers=2, text_dim=64),

@@ -48,7 +48,7 @@ class OrganismConfig:
     holdout: int = 100
     batch_size: int = 32
     threads: int = 0  # 0: chosen from the cores free when training starts (free_threads), at most 2
-    # Subword vocabulary trained on the organism's corpus (0 = the byte-level tokenizer of probe.models.tiny):
+    # Subword vocabulary trained on the organism's corpus (0 = the byte-level tokenizer of probe.testing.families):
     # with bytes only, every Hangul word is a mean of shared UTF-8 byte embeddings (issue 12).
     vocab_size: int = 1024
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -90,7 +90,7 @@ def build_organism(
     `out_dir` must be new, empty, or an organism folder made here (anything else is refused, nothing touched).
     """
     from probe.models.registry import adapter_for
-    from probe.models.tiny import tiny_llava
+    from probe.testing.families import tiny_llava
 
     cfg = config or OrganismConfig()
     out = Path(out_dir)
@@ -253,7 +253,7 @@ def subword_tokenizer(texts: list[str], byte_tokenizer, vocab_size: int):
     learned = json.loads(learner.to_str())["model"]
     base = byte_tokenizer.get_vocab()
     if sorted(base.values()) != list(range(N_BASE_TOKENS)):
-        raise ValueError(f"subword_tokenizer: expected the {N_BASE_TOKENS}-token byte tokenizer of probe.models.tiny")
+        raise ValueError(f"subword_tokenizer: expected the {N_BASE_TOKENS}-token byte tokenizer of probe.testing.families")
     vocab = dict(base)
     for token in sorted(learned["vocab"], key=learned["vocab"].get):
         vocab.setdefault(token, len(vocab))

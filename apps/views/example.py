@@ -16,7 +16,7 @@ from apps.fonts import font_face
 from apps.paint import display_size, paint
 from apps.paths import PathRefused, resolve_under_root
 from apps.views.context import ViewContext
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.segments import Segment
 
 MAX_LISTED = 2000  # more filtered examples than this: type the id instead of picking it from a list

@@ -12,7 +12,7 @@ import xarray as xr
 
 from apps.data import example_mask, open_dataset, pair_stamp
 from apps.views.context import ViewContext
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.analysis.saved import COMPARE, SavedResultsError, load_results
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from apps.data import example_mask, open_dataset
 from apps.views.context import ViewContext
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.segments import Segment
 
 

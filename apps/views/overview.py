@@ -11,7 +11,7 @@ import streamlit as st
 
 from apps.data import example_mask, filter_eval, filtered_ids, open_dataset, pair_stamp, read_group
 from apps.views.context import ViewContext
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.analysis.pipeline import AnalysisConfig, compare_stores
 from probe.analysis.saved import SavedResultsError
 from probe.analysis.stats import bootstrap_scalar_ci, groups_of

@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from probe.segments import Segment
+from probe.vocab import to_str
 
 
 def as_dataset(obj: Any) -> xr.Dataset:
@@ -130,8 +131,3 @@ def lang_of(ds: xr.Dataset) -> np.ndarray:
     if "lang" in ds.coords:
         return to_str(ds["lang"].values)
     return np.full(ds.sizes["example"], "all")
-
-
-def to_str(values: Any) -> np.ndarray:
-    """Plain unicode array from any string-like array (incl. numpy StringDType, as the TraceStore writes)."""
-    return np.array([str(v) for v in np.asarray(values).ravel()], dtype=str).reshape(np.shape(values))

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, require, to_str
+from probe.analysis._io import as_dataset, require
+from probe.vocab import to_str
 from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change, groups_of
 from probe.vocab import QUERY_SOURCES as SOURCES  # noqa: F401  (one definition: probe.vocab)
 

@@ -15,7 +15,8 @@ import numpy as np
 import xarray as xr
 from scipy.spatial.distance import cdist
 
-from probe.analysis._io import as_dataset, example_chunks, to_str
+from probe.analysis._io import as_dataset, example_chunks
+from probe.vocab import to_str
 
 _EPS = 1e-300
 

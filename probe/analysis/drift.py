@@ -7,7 +7,8 @@ import unicodedata
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, example_chunks, open_group, require, to_str
+from probe.analysis._io import as_dataset, example_chunks, open_group, require
+from probe.vocab import to_str
 from probe.analysis.cka import linear_cka, permutation_null_cka
 from probe.analysis.stats import groups_of, rbf_mmd2
 

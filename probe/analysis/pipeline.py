@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, to_str
+from probe.analysis._io import as_dataset
+from probe.vocab import to_str
 from probe.analysis.cka import CKAMemoryError
 from probe.analysis.keyspace import KeyspaceConfig
 from probe.analysis.probes import ProbeConfig

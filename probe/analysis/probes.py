@@ -20,7 +20,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from probe.analysis._io import as_dataset, to_str
+from probe.analysis._io import as_dataset
+from probe.vocab import to_str
 from probe.analysis._parallel import run_jobs
 from probe.analysis.stats import groups_of
 

@@ -1,20 +1,21 @@
-"""Every analysis, one entry each: what it needs, how it is computed, and which figure, reading and verdict show it.
+"""Every analysis, one entry each: what it needs and how it is computed.
 
 The pipeline (`analyze`, `compare_stores`), the HTML report and the headline loop over `ANALYSES`;
-adding an analysis is one entry here. Figures, readings and verdict lines live in `probe.report`
-and are named here as "module:function" so this package never imports plotly.
+adding an analysis is one entry here. How a result is shown (figures, readings, verdict lines) is the
+report's: one entry of the same name in `probe.report.presenters.PRESENTERS` (this package never
+imports `probe.report` or plotly; an import-linter contract keeps it so).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import xarray as xr
 
-from probe.analysis._io import has, open_eval, open_group, to_str
+from probe.analysis._io import has, open_eval, open_group
+from probe.vocab import to_str
 from probe.analysis.attention import attention_collapse, changed_band, top_changed_heads
 from probe.analysis.cka import cka_matrix, pooled_cka_with_null
 from probe.analysis.drift import projector_drift, vocab_drift
@@ -47,23 +48,10 @@ class Analysis:
     precondition: Callable[[xr.Dataset], str | None] | None = None  # a reason to skip, or None
     single: Callable[[Inputs], Any] | None = None
     pair: Callable[[Inputs], Any] | None = None
-    figure_single: str | None = None  # "module:function"(result) -> list of plotly figures / HTML strings
-    figure_pair: str | None = None
-    reading_single: str | None = None  # "module:function"(result, config) -> one line
-    reading_pair: str | None = None
-    verdict: str | None = None  # "module:function"(result, config) -> headline lines (pair only)
 
     def __post_init__(self) -> None:
         if self.single is None and self.pair is None:
             raise ValueError(f"analysis {self.name!r} computes nothing (give single and/or pair)")
-
-
-def resolve(ref: str | None) -> Callable[..., Any] | None:
-    """The function a "module:function" reference names."""
-    if ref is None:
-        return None
-    mod, fn = ref.split(":")
-    return getattr(importlib.import_module(mod), fn)
 
 
 def _labels(ds: xr.Dataset) -> str | None:
@@ -124,47 +112,29 @@ def _mir_pair(x: Inputs) -> xr.DataArray:
     return out
 
 
-_R, _F, _V = "probe.report.summary:", "probe.report.figures:", "probe.report.verdict:"
-
 ANALYSES: tuple[Analysis, ...] = (
-    Analysis("eval", "Behavioural visual dependence", groups=("eval",), single=_eval_single, pair=_eval_pair,
-             figure_single=_R + "eval_tables", figure_pair=_R + "eval_tables", verdict=_V + "behaviour_lines"),
-    Analysis("visual_share", "Visual attention share", ("attn_share",), single=_visual_share,
-             figure_single=_F + "visual_share_figures"),
-    Analysis("collapse", "Visual attention collapse", ("attn_share",), pair=_collapse,
-             figure_pair=_F + "collapse_figures", reading_pair=_R + "reading_collapse", verdict=_V + "attention_lines"),
+    Analysis("eval", "Behavioural visual dependence", groups=("eval",), single=_eval_single, pair=_eval_pair),
+    Analysis("visual_share", "Visual attention share", ("attn_share",), single=_visual_share),
+    Analysis("collapse", "Visual attention collapse", ("attn_share",), pair=_collapse),
     Analysis("sinks", "Visual attention sinks", ("attn_pattern", "hook_resid_post_tokens", "segment_ids"),
-             single=lambda x: sink_summary(x.before), pair=_sinks_pair,
-             figure_single=_R + "mean_over_heads_table", figure_pair=_F + "sink_figures",
-             reading_pair=_R + "reading_sinks", verdict=_V + "sinks_lines"),
+             single=lambda x: sink_summary(x.before), pair=_sinks_pair),
     Analysis("keyspace", "Key-space OOD of visual keys", ("hook_rot_k", "segment_ids"),
              single=lambda x: keyspace_ood(x.before, x.config.keyspace),
-             pair=lambda x: compare_keyspace(x.before, x.after, x.config.keyspace),
-             figure_single=_R + "mean_over_heads_table", figure_pair=_F + "keyspace_figures",
-             reading_pair=_R + "reading_keyspace", verdict=_V + "keyspace_lines"),
+             pair=lambda x: compare_keyspace(x.before, x.after, x.config.keyspace)),
     Analysis("probes", "Linear probes (information gone vs unused)", precondition=_labels,
              single=lambda x: linear_probes(x.before, config=x.config.probes),
-             pair=lambda x: compare_probes(x.before, x.after, x.config.probes),
-             figure_single=_F + "probe_figures", figure_pair=_F + "probe_figures",
-             reading_single=_R + "reading_probes", reading_pair=_R + "reading_probes", verdict=_V + "probe_lines"),
-    Analysis("drift", "Projector drift", ("projector_out",), pair=lambda x: projector_drift(x.before, x.after),
-             figure_pair=_F + "drift_figures", reading_pair=_R + "reading_drift", verdict=_V + "drift_lines"),
+             pair=lambda x: compare_probes(x.before, x.after, x.config.probes)),
+    Analysis("drift", "Projector drift", ("projector_out",), pair=lambda x: projector_drift(x.before, x.after)),
     Analysis("vocab_drift", "Projector drift relative to the vocabulary", ("projector_out",), groups=("vocab",),
-             pair=lambda x: vocab_drift(x.before_obj, x.after_obj), figure_pair=_F + "vocab_figures",
-             reading_pair=_R + "reading_vocab_drift"),
+             pair=lambda x: vocab_drift(x.before_obj, x.after_obj)),
     Analysis("mir", "Modality integration rate", ("hook_resid_post_tokens", "segment_ids"),
-             single=lambda x: modality_integration_rate(x.before), pair=_mir_pair,
-             figure_single=_F + "mir_figures", figure_pair=_F + "mir_figures",
-             reading_single=_R + "reading_mir", reading_pair=_R + "reading_mir"),
+             single=lambda x: modality_integration_rate(x.before), pair=_mir_pair),
     Analysis("cka", "CKA of the last-prompt residual", ("hook_resid_post",),
              single=lambda x: cka_matrix(x.before, site="last_prompt", unbiased=True),
-             pair=lambda x: cka_matrix(x.before, x.after, site="last_prompt", unbiased=True),
-             figure_single=_F + "cka_figures", figure_pair=_F + "cka_figures",
-             reading_single=_R + "reading_cka", reading_pair=_R + "reading_cka"),
+             pair=lambda x: cka_matrix(x.before, x.after, site="last_prompt", unbiased=True)),
     Analysis("projector_vision_cka", "CKA projector output vs vision tower", ("projector_out", "vision_out"),
              single=lambda x: pooled_cka_with_null(x.before),
-             pair=lambda x: {"before": pooled_cka_with_null(x.before), "after": pooled_cka_with_null(x.after)},
-             reading_single=_R + "reading_projector_vision_cka", reading_pair=_R + "reading_projector_vision_cka"),
+             pair=lambda x: {"before": pooled_cka_with_null(x.before), "after": pooled_cka_with_null(x.after)}),
 )
 
 

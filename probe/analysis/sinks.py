@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import as_dataset, example_chunks, require, to_str
+from probe.analysis._io import as_dataset, example_chunks, require
+from probe.vocab import to_str
 from probe.analysis.stats import BootstrapConfig, bootstrap_relative_change, groups_of
 from probe.segments import Segment
 

@@ -15,7 +15,7 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 
 
 @dataclass(frozen=True)

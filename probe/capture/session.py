@@ -18,6 +18,7 @@ from probe.capture.spec import CaptureSpec
 from probe.capture.taps import plan_taps, tap
 from probe.models.base import ModelAdapter, ModelInputs
 from probe.segments import Segment
+from probe.vocab import QUERY_SOURCES as SOURCES  # noqa: F401  (one definition, probe.vocab; re-exported for capture.run)
 
 
 

@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from probe.analysis._io import as_dataset, to_str
+from probe.analysis._io import as_dataset
+from probe.vocab import to_str
 from probe.report.paint import display_size, paint
 from probe.segments import Segment
 

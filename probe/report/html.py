@@ -15,9 +15,9 @@ import plotly.io as pio
 from probe.analysis.pipeline import AnalysisConfig, Skipped, analyze, compare_stores, save_results
 from probe.analysis.saved import COMPARE
 from probe.analysis import registry
-from probe.analysis.registry import resolve
 from probe.report import summary as S
 from probe.report.examples import example_figures
+from probe.report.presenters import presenter
 from probe.report.verdict import verdict
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;color:#222}
@@ -75,8 +75,9 @@ def _sections(page: _Page, res: dict[str, Any], config: AnalysisConfig, pair: bo
         if isinstance(r, Skipped):
             page.skip(a.heading, r)
             continue
-        read = resolve(a.reading_pair if pair else a.reading_single)
-        fig = resolve(a.figure_pair if pair else a.figure_single)
+        shown = presenter(a.name)
+        read = shown.reading_pair if pair else shown.reading_single
+        fig = shown.figure_pair if pair else shown.figure_single
         text = read(r, config) if read is not None else None
         if text:
             readings[a.name] = text
@@ -197,7 +198,7 @@ def compare_side_by_side(
     for a in registry.ANALYSES:
         if a.pair is None or not any(a.name in res[n] for n in names):
             continue
-        read, fig = resolve(a.reading_pair), resolve(a.figure_pair)
+        read, fig = presenter(a.name).reading_pair, presenter(a.name).figure_pair
         columns = []
         for n in names:
             r = res[n].get(a.name)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.analysis.pipeline import Skipped
 from probe.report.verdict import drift_lines, sinks_lines
 

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.analysis.pipeline import Skipped
 from probe.analysis import registry
-from probe.analysis.registry import resolve
 from probe.analysis.stats import BootstrapConfig, bootstrap_scalar_ci
 
 # a probe "still decodes" a label when it keeps at least half of its selectivity (accuracy above its shuffled-label control)
@@ -148,9 +147,11 @@ def drift_lines(d: Any, config: Any) -> list[str]:
 
 def verdict(res: dict[str, Any], config: Any) -> list[str]:
     """One or more lines per registered analysis that has a verdict, behaviour first."""
+    from probe.report.presenters import presenter  # presenters imports this module's line functions
+
     lines: list[str] = []
     for analysis in registry.ANALYSES:
-        fn = resolve(analysis.verdict)
+        fn = presenter(analysis.name).verdict
         if fn is not None and analysis.pair is not None:
             lines += fn(res.get(analysis.name), config)
     return lines
@@ -168,6 +169,8 @@ def saved_verdict(before: Any, after: Any, recompute: bool = False) -> list[str]
         index = saved_index(after, COMPARE, {"before": before, "after": after})
         if "verdict" in index.attrs:
             return json.loads(index.attrs["verdict"])
-    names = {a.name for a in registry.ANALYSES if a.verdict is not None and a.pair is not None}
+    from probe.report.presenters import presenter
+
+    names = {a.name for a in registry.ANALYSES if presenter(a.name).verdict is not None and a.pair is not None}
     res, config = load_results(after, COMPARE, {"before": before, "after": after}, names)
     return verdict(res, config)

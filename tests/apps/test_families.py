@@ -20,7 +20,7 @@ FAMILIES = ("llava_next", "internvl-tiled", "qwen2_vl")
 
 
 def _build(family: str, seed: int):
-    from probe.models import tiny
+    from probe.testing import families as tiny
 
     return {"llava_next": lambda: tiny.tiny_llava_next(seed=seed),
             "internvl-tiled": lambda: tiny.tiny_internvl(seed=seed, max_tiles=4),

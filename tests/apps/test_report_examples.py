@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 import synthetic as S
-from probe.analysis._io import to_str
+from probe.vocab import to_str
 from probe.report.examples import chosen_examples, example_figures, last_prompt_attention
 from probe.report.paint import paint
 from probe.segments import Segment

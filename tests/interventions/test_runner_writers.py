@@ -32,7 +32,7 @@ def _script(manifest: Path, out: Path, hold: Path | None = None) -> str:
         import os, time, torch
         torch.set_num_threads(1)
         from probe.models import adapter_for
-        from probe.models.tiny import tiny_llava
+        from probe.testing.families import tiny_llava
         from interventions.runner import GridConfig, run_grid
         ads = tuple(adapter_for(*tiny_llava(seed=s, text_layers=3, text_dim=64, vision_dim=32)) for s in (0, 1))
         config = GridConfig(manifest={str(manifest)!r}, **{GRID!r})

@@ -1,4 +1,4 @@
-"""Fixtures over the tiny hand-fed VLMs of tiny_vlm.py."""
+"""Fixtures over the tiny hand-fed VLMs of probe.testing.hand_built."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from probe.data.example import Example
-from probe.models import tiny
+from probe.testing import families as tiny
 from probe.models.loading import load_model, save_processor
 from probe.models.registry import adapter_for
 

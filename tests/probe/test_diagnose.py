@@ -58,7 +58,7 @@ def test_rank_breaks_ties_toward_the_smaller_component_and_decide_states_the_rul
 
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
-    from probe.models.tiny import tiny_llava
+    from probe.testing.families import tiny_llava
 
     out = {}
     for name, kw in (("a", {}), ("b", {}), ("wide", {"text_dim": 64})):

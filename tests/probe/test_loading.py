@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from probe.data.example import Example
-from probe.models import tiny
+from probe.testing import families as tiny
 from probe.models.loading import load_model, save_processor, weights_hash
 from probe.models.registry import UnsupportedModelError, adapter_for, available_adapters
 

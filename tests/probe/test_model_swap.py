@@ -7,7 +7,7 @@ import torch
 
 from probe.models import adapter_for
 from probe.models.swap import QK, ParameterSwap, expand_components, parameters_of, query_key_parameters, swapped
-from probe.models.tiny import tiny_llava
+from probe.testing.families import tiny_llava
 
 
 def _pair():

@@ -14,7 +14,7 @@ import train.organism as organism
 from probe.data.example import Example
 from probe.data.synth import SynthConfig
 from probe.models.registry import adapter_for
-from probe.models.tiny import tiny_llava
+from probe.testing.families import tiny_llava
 from train.organism import MARKER, OrganismConfig, build_organism, free_threads, train_to_target
 from train.sft import SFTConfig
 

@@ -15,7 +15,7 @@ from train.planted import CAUSES, PlantedConfig, PlantedData, load_config, plant
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    from probe.models.tiny import tiny_llava
+    from probe.testing.families import tiny_llava
 
     root = tmp_path_factory.mktemp("planted")
     model, processor = tiny_llava(0, text_layers=2, text_dim=32, heads=2, kv_heads=1, vision_layers=1, vision_dim=32,

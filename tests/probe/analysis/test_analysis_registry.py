@@ -6,6 +6,7 @@ from __future__ import annotations
 from probe.analysis import AnalysisConfig, BootstrapConfig, KeyspaceConfig, ProbeConfig, registry
 from probe.analysis.registry import ANALYSES, Analysis
 from probe.report import compare, report
+from probe.report.presenters import PRESENTERS, Presenter, presenter
 
 CFG = AnalysisConfig(bootstrap=BootstrapConfig(n_boot=50), keyspace=KeyspaceConfig(max_tokens=50, cv=2), probes=ProbeConfig(cv=2))
 
@@ -18,20 +19,24 @@ def _reading(result: float, config: object) -> str:
     return f"toy reading {result:.1f}"
 
 
-def test_names_are_unique_and_every_reference_resolves() -> None:
+def test_names_are_unique_and_every_presenter_names_an_analysis() -> None:
     names = [a.name for a in ANALYSES]
     assert len(names) == len(set(names))
+    assert set(PRESENTERS) <= set(names), sorted(set(PRESENTERS) - set(names))
     for a in ANALYSES:
-        for ref in (a.figure_single, a.figure_pair, a.reading_single, a.reading_pair, a.verdict):
-            assert ref is None or callable(registry.resolve(ref)), (a.name, ref)
+        shown = presenter(a.name)
+        for fn in (shown.figure_single, shown.figure_pair, shown.reading_single, shown.reading_pair, shown.verdict):
+            assert fn is None or callable(fn), (a.name, fn)
+        if a.single is None:  # a pair-only analysis has nothing to show for one store
+            assert shown.figure_single is None and shown.reading_single is None, a.name
 
 
 def test_one_entry_reaches_pipeline_report_and_verdict(lazy_pair, tmp_path, monkeypatch) -> None:
     toy = Analysis("toy", "Toy analysis", ("seq_len",), single=lambda x: float(x.before["seq_len"].mean()),
-                   pair=lambda x: float(x.after["seq_len"].mean()), reading_single=f"{__name__}:_reading",
-                   reading_pair=f"{__name__}:_reading", verdict=f"{__name__}:_lines")
+                   pair=lambda x: float(x.after["seq_len"].mean()))
     small = [a for a in ANALYSES if a.name in ("eval", "drift")]
     monkeypatch.setattr(registry, "ANALYSES", (*small, toy))
+    monkeypatch.setitem(PRESENTERS, "toy", Presenter(reading_single=_reading, reading_pair=_reading, verdict=_lines))
     b, a = lazy_pair
     s = compare(b, a, tmp_path / "c.html", None, CFG)
     assert "toy: 18.0" in s["verdict"] and s["readings"]["toy"] == "toy reading 18.0"
