@@ -77,7 +77,8 @@ def answer_logprobs(adapter: ModelAdapter, examples: Sequence[Example], batch_si
             raise ValueError("answer_logprobs: the adapter produced no labels (examples need answers)")
         labels = batch.labels[:, 1:]
         with around(batch) if around is not None else nullcontext():
-            if keeps:  # the columns (of any row) whose next token is an answer token
+            if keeps and around is None:  # the columns whose next token is an answer token (an edit such as
+                # contrastive decoding wraps the forward and needs every position's logits)
                 cols = (labels != -100).any(0).nonzero().flatten()
                 logits = adapter.model(**batch.inputs, logits_to_keep=cols).logits
                 labels = labels[:, cols]

@@ -83,6 +83,7 @@ def test_patching_and_ablation_read_nothing(tiny_adapter):
                 assert reads.forwards == 1 and reads.ours == 0, f"{family} patch {site}/{segment}: {reads.report()}"
         for mode in ("zero", "noise"):
             ablation = VisualTokenAblation(adapter, mode, fraction=0.5)
+            ablation.set_batch(batch)  # the edit needs the batch's token roles (the runner always gives them)
             with HostReads(adapter.decoder_layers) as reads, torch.no_grad(), ablation:
                 adapter.model(**batch.inputs)
             assert reads.forwards == 1 and reads.ours == 0, f"{family} ablation {mode}: {reads.report()}"
